@@ -1,0 +1,118 @@
+"""Where things live and how big a run is: data directory, output folder, run profiles.
+
+Environment variables (all optional):
+
+- ``WBC_DATA_DIR``: folder holding the real downloads under their standard names
+  (``PBC_dataset_normal_DIB/``, ``AML-Cytomorphology_LMU/``, ``ALL_Kaggle/``). Unset: the
+  generated demo data is used (and the notebooks say so in a banner).
+- ``WBC_PROFILE``: ``ci`` (tiny, minutes on CI), ``demo`` (a few minutes on a laptop CPU) or
+  ``full`` (the studies' settings, real data and a GPU). Default ``demo``.
+- ``WBC_OUTPUT_DIR``: where generated data, stage outputs, runs and figures go.
+  Default ``outputs/`` at the repository root (or in the current folder outside the repo).
+- ``WBC_REAL_SAMPLE``: path of the small real sample used by tests (tests skip when unset).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from wbc.errors import WbcError
+
+PBC_DIRNAME = "PBC_dataset_normal_DIB"
+LMU_DIRNAME = "AML-Cytomorphology_LMU"
+ALL_DIRNAME = "ALL_Kaggle"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size knob of a run; notebooks and the CLI read their defaults from here."""
+
+    name: str
+    demo_per_class: int  # images per class and source in the generated demo data
+    cap: int  # per-class cap of the balanced wbc10 set
+    image_size: int  # training image size (square)
+    preprocess_size: int  # size images are normalised to on disk
+    batch_size: int
+    epochs: int
+    fine_tune_epochs: int  # second phase of ResNet50 fine-tuning
+    learning_rate: float
+    study_epochs: int  # epochs per configuration in the hyperparameter study
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile("ci", demo_per_class=12, cap=1300, image_size=64, preprocess_size=96,
+                  batch_size=16, epochs=1, fine_tune_epochs=1, learning_rate=1e-3, study_epochs=1),
+    "demo": Profile("demo", demo_per_class=40, cap=1300, image_size=96, preprocess_size=128,
+                    batch_size=32, epochs=6, fine_tune_epochs=2, learning_rate=1e-3, study_epochs=3),
+    "full": Profile("full", demo_per_class=40, cap=1300, image_size=128, preprocess_size=400,
+                    batch_size=32, epochs=10, fine_tune_epochs=5, learning_rate=1e-3, study_epochs=10),
+}
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """The profile ``name`` (default: ``$WBC_PROFILE`` or ``demo``), with fields overridden."""
+    name = name or os.environ.get("WBC_PROFILE", "demo")
+    if name not in PROFILES:
+        raise WbcError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} "
+                       "(set WBC_PROFILE or pass profile=...)")
+    return replace(PROFILES[name], **overrides)
+
+
+def repo_root() -> Path | None:
+    """The repository root when running from a checkout, else None."""
+    for folder in [Path.cwd(), *Path.cwd().parents, *Path(__file__).resolve().parents]:
+        if (folder / "pyproject.toml").is_file() and (folder / "lib" / "wbc").is_dir():
+            return folder
+    return None
+
+
+def output_dir() -> Path:
+    """Root of everything the project writes (``$WBC_OUTPUT_DIR`` or ``<repo>/outputs``)."""
+    env = os.environ.get("WBC_OUTPUT_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    root = repo_root()
+    return (root / "outputs") if root else (Path.cwd() / "wbc-outputs").resolve()
+
+
+def demo_data_dir() -> Path:
+    """Where the generated demo dataset lives."""
+    return output_dir() / "demo-data"
+
+
+def configured_data_dir() -> Path | None:
+    """``$WBC_DATA_DIR`` as a path, or None when unset (meaning: use demo data)."""
+    env = os.environ.get("WBC_DATA_DIR")
+    if not env:
+        return None
+    path = Path(env).expanduser().resolve()
+    if not path.is_dir():
+        raise WbcError(f"WBC_DATA_DIR={env!r} is not a folder. Point it at the folder that holds "
+                       f"{PBC_DIRNAME}/, {LMU_DIRNAME}/ and/or {ALL_DIRNAME}/, or unset it to use demo data.")
+    return path
+
+
+def real_sample_dir() -> Path | None:
+    """``$WBC_REAL_SAMPLE`` (the small real sample) when set and present, else None."""
+    env = os.environ.get("WBC_REAL_SAMPLE")
+    return Path(env).resolve() if env and Path(env).is_dir() else None
+
+
+def data_tag(data_dir: Path) -> str:
+    """A short name for a data folder, used to keep stage outputs of different data apart."""
+    if data_dir.resolve() == demo_data_dir().resolve():
+        return "demo"
+    import hashlib
+
+    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{data_dir.name}-{digest}"
+
+
+def work_dir(data_dir: Path, profile: Profile | str) -> Path:
+    """Stage outputs (manifests, processed images, splits, runs) for one data folder + profile."""
+    name = profile if isinstance(profile, str) else profile.name
+    return output_dir() / "work" / f"{data_tag(data_dir)}-{name}"
