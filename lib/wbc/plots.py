@@ -1,0 +1,160 @@
+"""Figures for training and evaluation: curves, confusion matrices, ROC curves, image galleries.
+
+Every function builds a :class:`matplotlib.figure.Figure` directly (no pyplot state, so it works
+with the Agg backend on servers and does not pile up open windows), gives it a title, axis
+labels and class names, returns it, and saves it as PNG when ``path`` is given. In a notebook,
+a returned figure displays itself as the cell's result.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from wbc.errors import WbcError
+from wbc.fileio import atomic_path
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG at ``path`` atomically (parent folders created); returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_history(history: pd.DataFrame, path: str | os.PathLike | None = None,
+                 title: str = "Training curves") -> Figure:
+    """Loss and accuracy per epoch, training vs validation, from a run's ``history.csv``.
+
+    When the table has a ``phase`` column (e.g. frozen base, then fine-tuning), a dashed line
+    marks where each new phase starts. Epochs are numbered by row, so phases run on.
+    """
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    epochs = np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for column, style, label in ((metric, "-o", "train"), (f"val_{metric}", "-s", "validation")):
+            if column in history.columns:
+                ax.plot(epochs, history[column], style, markersize=3, label=label)
+        if "phase" in history.columns:
+            phases = history["phase"].astype(str).to_numpy()
+            for i in np.flatnonzero(phases[1:] != phases[:-1]) + 1:
+                ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
+                ax.annotate(f"phase: {phases[i]}", (i + 0.6, 0.95), xycoords=("data", "axes fraction"),
+                            fontsize=8, color="grey", va="top")
+        ax.set_title(metric.capitalize())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], normalised: bool = False,
+                          path: str | os.PathLike | None = None, title: str | None = None) -> Figure:
+    """Confusion matrix heat map (rows: true class, columns: predicted class), values written in."""
+    cm = np.asarray(cm)
+    k = len(classes)
+    size = max(5.0, 0.6 * k + 2.5)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
+    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalised else max(1, cm.max()))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class" if normalised else "images")
+    threshold = (1 if normalised else max(1, cm.max())) / 2
+    for i in range(k):
+        for j in range(k):
+            text = f"{cm[i, j]:.2f}" if normalised else f"{int(cm[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > threshold else "black")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or ("Confusion matrix (normalised by true class)" if normalised else "Confusion matrix (counts)"))
+    return _finish(fig, path)
+
+
+def roc_curves(y_true, probs, classes: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """One-vs-rest ROC curves ``name -> (fpr, tpr, auc)`` per class present, plus micro and macro."""
+    from sklearn.metrics import auc, roc_curve
+
+    y = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    for i, name in enumerate(classes):
+        positive = y == i
+        if positive.any() and not positive.all():
+            fpr, tpr, _ = roc_curve(positive, probs[:, i])
+            curves[str(name)] = (fpr, tpr, float(auc(fpr, tpr)))
+    if curves:
+        grid = np.unique(np.concatenate([fpr for fpr, _, _ in curves.values()]))
+        mean_tpr = np.mean([np.interp(grid, fpr, tpr) for fpr, tpr, _ in curves.values()], axis=0)
+        onehot = np.eye(len(classes), dtype=int)[y]
+        fpr, tpr, _ = roc_curve(onehot.ravel(), probs.ravel())
+        curves["micro-average"] = (fpr, tpr, float(auc(fpr, tpr)))
+        curves["macro-average"] = (grid, mean_tpr, float(np.mean([a for _, _, a in list(curves.values())[:-1]])))
+    return curves
+
+
+def plot_roc(y_true, probs, classes: Sequence[str], path: str | os.PathLike | None = None,
+             title: str = "ROC curves (one class vs the rest)") -> Figure:
+    """One-vs-rest ROC curve per class plus micro- and macro-averages, AUC in the legend.
+
+    Classes absent from ``y_true`` have no curve (and are named in the legend as such).
+    """
+    curves = roc_curves(y_true, probs, classes)
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    for name, (fpr, tpr, area) in curves.items():
+        average = name.endswith("-average")
+        ax.plot(fpr, tpr, linestyle="--" if average else "-", linewidth=2.5 if average else 1.2,
+                color="black" if name == "micro-average" else None, label=f"{name} (AUC {area:.3f})")
+    for name in classes:
+        if str(name) not in curves:
+            ax.plot([], [], " ", label=f"{name} (not in the true labels)")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _finish(fig, path)
+
+
+def plot_image_gallery(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 4,
+                       path: str | os.PathLike | None = None, title: str = "Images") -> Figure:
+    """A grid of RGB ``uint8`` images with one caption each (e.g. true / predicted / confidence)."""
+    images = list(images)
+    if len(titles) != len(images):
+        raise WbcError(f"{len(titles)} titles for {len(images)} images: give one caption per image")
+    ncols = max(1, min(ncols, len(images) or 1))
+    nrows = max(1, math.ceil(len(images) / ncols))
+    fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows + 0.4))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, caption in zip(axes, images, titles):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=8)
+    if not images:
+        axes[0].text(0.5, 0.5, "no images to show", ha="center", va="center", transform=axes[0].transAxes)
+    fig.suptitle(title)
+    return _finish(fig, path)
