@@ -14,6 +14,7 @@ from wbc import __version__
 from wbc.errors import WbcError
 
 VERBS = ["demo", "manifest", "download", "preprocess", "split", "train", "evaluate", "predict"]
+TENSORFLOW_VERBS = {"train", "evaluate", "predict"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.verb in TENSORFLOW_VERBS:
+            from wbc.runtime import import_tensorflow
+
+            import_tensorflow()
         return int(args.func(args) or 0)
     except WbcError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,430 @@
+"""Notebook helpers: one setup call, and ``ensure_*`` functions so every notebook can run alone.
+
+Each notebook starts with ``ctx = course.setup_notebook(...)``: it prints library versions, the
+GPU check, the profile and the data folder (with a DEMO DATA banner when the generated data is
+used), and sets the seeds once. The ``ensure_*`` helpers rebuild an earlier stage's output when
+it is missing, or reuse it when present, and say which they did:
+
+    ensure_manifest(ctx, "wbc10")     -> <work_dir>/manifests/wbc10.csv
+    ensure_preprocessed(ctx, "wbc10") -> <work_dir>/processed/wbc10/manifest.csv
+    ensure_splits(ctx, "wbc10")       -> <work_dir>/splits/wbc10/ (train/val/test.csv, audit.csv, classes.txt)
+
+TensorFlow is imported inside functions only, so importing this module stays fast.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import re
+import shutil
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+from wbc import config
+from wbc.errors import WbcError
+from wbc.fileio import write_csv_atomic, write_text_atomic
+
+REPO_URL = "https://github.com/wbc-course/wbc-course"
+DEFAULT_SEED = 42
+DEMO_MARKER = ".wbc-demo-complete"  # written last by the demo generation: its absence means "redo"
+STAMP_NAME = "data-stamp.json"  # in work_dir: which demo data the stage outputs were built from
+
+SOURCES = {"PBC": config.PBC_DIRNAME, "LMU": config.LMU_DIRNAME, "ALL": config.ALL_DIRNAME}
+DATASETS = ("pbc", "lmu", "all", "wbc10", "all4")
+NEEDS = {"pbc": ("PBC",), "lmu": ("LMU",), "all": ("ALL",), "wbc10": ("PBC", "LMU"), "all4": ("ALL",)}
+DEFAULT_FRACTIONS = {"wbc10": (0.80, 0.12, 0.08), "all4": (0.70, 0.15, 0.15)}
+WHERE_TO_GET = {
+    "PBC": "PBC (Mendeley, doi 10.17632/snkd93bnjr.1): `python -m wbc download pbc`",
+    "LMU": "AML-Cytomorphology_LMU (TCIA, doi 10.7937/tcia.2019.36f5o9ld): `python -m wbc download lmu`",
+    "ALL": "ALL (Kaggle mehradaria/leukemia): `python -m wbc download all`",
+}
+
+_CURRENT: "Context | None" = None
+
+
+@dataclass
+class Context:
+    """What a notebook runs on: profile, data folder, where stage outputs and figures go."""
+
+    profile: config.Profile
+    data_dir: Path
+    is_demo: bool
+    work_dir: Path
+    figures_dir: Path
+    seed: int
+    datasets: tuple[str, ...]  # sources present in data_dir, e.g. ("PBC", "LMU", "ALL")
+    dataset: str = "wbc10"
+    notebook: str = "notebook"  # folder name of this notebook's figures
+
+    def has(self, name: str) -> bool:
+        """True when every source that dataset ``name`` needs is in the data folder."""
+        return all(src in self.datasets for src in NEEDS[_check_name(name)])
+
+    def save_figure(self, fig, name: str) -> Path:
+        """Save ``fig`` as ``<figures_dir>/<notebook>/<name>.png`` (atomic) and return the path."""
+        return _save_png(fig, self.figures_dir / self.notebook / f"{name}.png")
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def setup_notebook(title: str | None = None, *, profile: str | None = None, data_dir=None,
+                   seed: int | None = None, dataset: str | None = None, verbose: bool = True,
+                   **overrides) -> Context:
+    """Print versions, GPU check, profile and data source; set seeds; return the Context.
+
+    ``overrides`` change profile fields (``image_size=64``, ``epochs=2``); ``None`` values keep
+    the profile default, so a notebook can pass its parameters cell through unchanged.
+    """
+    global _CURRENT
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    valid = {f.name for f in fields(config.Profile)} - {"name"}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise WbcError(f"unknown setting(s) {unknown}: the profile has {sorted(valid)}")
+    prof = config.get_profile(profile, **overrides)
+    seed = DEFAULT_SEED if seed is None else int(seed)
+    say = print if verbose else (lambda *a, **k: None)
+    if title:
+        say(f"== {title} ==")
+    _print_versions(say)
+    _gpu_check(say)
+    _set_seeds(seed)
+    say(f"Seed: {seed} (Python, NumPy and TensorFlow seeded once, here)")
+    data, is_demo = _resolve_data_dir(data_dir, prof, say)
+    present = available_datasets(data)
+    ctx = Context(profile=prof, data_dir=data, is_demo=is_demo, work_dir=config.work_dir(data, prof),
+                  figures_dir=config.output_dir() / "figures", seed=seed, datasets=present,
+                  dataset=(dataset or "wbc10").lower(), notebook=_slug(title))
+    _check_name(ctx.dataset)
+    if is_demo:
+        _check_stamp(ctx, say)
+    _configure_matplotlib()
+    say(f"Profile: {prof.name}  " + ", ".join(f"{k}={v}" for k, v in prof.as_dict().items() if k != "name"))
+    say(f"Data folder: {data}  (sources found: {', '.join(present) or 'none'})")
+    say(f"Stage outputs: {ctx.work_dir}")
+    missing = [src for src in NEEDS[ctx.dataset] if src not in present]
+    if missing:
+        say(f"NOTE: dataset {ctx.dataset!r} needs {', '.join(missing)}, which is not in the data folder. "
+            "Get it with: " + "; ".join(WHERE_TO_GET[m] for m in missing))
+    if is_demo:
+        say(demo_banner())
+    _CURRENT = ctx
+    return ctx
+
+
+def demo_banner() -> str:
+    """The banner printed when the notebook runs on generated demo data."""
+    line = "#" * 78
+    return (f"{line}\n#  DEMO DATA: synthetic images in the real folder layouts, NOT real blood cells.\n"
+            "#  Every number below describes the demo data only. For the real study, download the\n"
+            "#  datasets (notebook 02) and set WBC_DATA_DIR to their folder.\n" + line)
+
+
+def available_datasets(data_dir: Path) -> tuple[str, ...]:
+    """Which of PBC / LMU / ALL have their folder in ``data_dir``."""
+    return tuple(src for src, dirname in SOURCES.items() if (Path(data_dir) / dirname).is_dir())
+
+
+def folder_summary(data_dir: Path) -> pd.DataFrame:
+    """Files per folder of each source present in ``data_dir``: columns ``dataset, folder, files``."""
+    rows = []
+    for src, dirname in SOURCES.items():
+        root = Path(data_dir) / dirname
+        for folder in sorted(p for p in [root, *root.rglob("*")] if p.is_dir()):
+            files = sum(1 for f in folder.iterdir() if f.is_file())
+            if files or folder != root and not any(c.is_dir() for c in folder.iterdir()):
+                rows.append({"dataset": src, "folder": str(folder.relative_to(data_dir)), "files": files})
+    return pd.DataFrame(rows, columns=["dataset", "folder", "files"])
+
+
+def current_context() -> Context:
+    """The Context of the last ``setup_notebook`` call."""
+    if _CURRENT is None:
+        raise WbcError("call course.setup_notebook(...) first")
+    return _CURRENT
+
+
+def save_figure(fig, name: str, ctx: Context | None = None) -> Path:
+    """Save ``fig`` into the figures folder of ``ctx`` (default: the current notebook)."""
+    return (ctx or current_context()).save_figure(fig, name)
+
+
+def _print_versions(say) -> None:
+    import cv2
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    say(f"Python {platform.python_version()} | TensorFlow {tf.__version__} | Keras {keras.__version__} | "
+        f"NumPy {np.__version__} | pandas {pd.__version__} | OpenCV {cv2.__version__}")
+
+
+def _gpu_check(say) -> list:
+    """List GPUs; warn (never fail) when there is none. Returns the GPU devices."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        say(f"GPU: {len(gpus)} found: " + ", ".join(g.name for g in gpus))
+        say("Mixed precision (float16 maths, float32 weights) speeds up training on GPUs with "
+            "tensor cores; the training notebooks switch it on with wbc.train.configure_device.")
+    else:
+        say("WARNING: no GPU found. Everything runs, but training on the CPU is slow: keep the "
+            "'ci' or 'demo' profile here. For a GPU: Colab: Runtime > Change runtime type > GPU; "
+            "Kaggle: Settings > Accelerator > GPU.")
+        say("Mixed precision: off (on a CPU float16 maths is slower, not faster).")
+    return gpus
+
+
+def _set_seeds(seed: int) -> None:
+    from wbc.train import set_seeds
+
+    set_seeds(seed)
+
+
+def _configure_matplotlib() -> None:
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "figure.figsize": (8, 4.5),
+                         "axes.grid": False, "axes.titlesize": 11, "image.cmap": "viridis"})
+
+
+def _slug(title: str | None) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", (title or "notebook").lower()).strip("_")[:60] or "notebook"
+
+
+def _save_png(fig, path: Path) -> Path:
+    from wbc.plots import save_figure as save_png
+
+    return save_png(fig, path)
+
+
+# ----------------------------------------------------------------------------- data folder
+
+
+def _resolve_data_dir(data_dir, prof: config.Profile, say) -> tuple[Path, bool]:
+    """The data folder: the argument, else $WBC_DATA_DIR, else the demo data (generated if needed)."""
+    if data_dir is not None:
+        path = Path(data_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise WbcError(f"data folder {path} does not exist: pass an existing folder or None for demo data")
+    else:
+        path = config.configured_data_dir()
+    if path is not None and path.resolve() != config.demo_data_dir().resolve():
+        return path, False
+    return ensure_demo_data(prof.demo_per_class, say=say), True
+
+
+def ensure_demo_data(per_class: int, seed: int = 0, say=print) -> Path:
+    """Generate the demo data into ``config.demo_data_dir()`` unless a complete copy is there.
+
+    A marker file written last records ``per_class`` and ``seed``; a missing or different marker
+    (an interrupted or other-sized generation) means the folder is generated again.
+    """
+    from wbc.demo import generate_demo
+
+    root = config.demo_data_dir()
+    wanted = {"per_class": int(per_class), "seed": int(seed)}
+    marker = _read_json(root / DEMO_MARKER)
+    if marker == wanted:
+        say(f"Demo data: reusing {root} ({per_class} images per class and source)")
+        return root
+    if marker is not None:  # another size: generate_demo refuses foreign files, so start afresh
+        shutil.rmtree(root)
+    say(f"Demo data: generating {per_class} images per class and source into {root} ...")
+    try:
+        generate_demo(root, per_class=int(per_class), seed=int(seed), progress=True)
+    except WbcError:  # an interrupted generation of another size: start afresh
+        shutil.rmtree(root, ignore_errors=True)
+        generate_demo(root, per_class=int(per_class), seed=int(seed), progress=True)
+    write_text_atomic(root / DEMO_MARKER, json.dumps(wanted))
+    return root
+
+
+def _check_stamp(ctx: Context, say) -> None:
+    """Clear stage outputs built from a different generation of the demo data (they would be stale)."""
+    marker = (ctx.data_dir / DEMO_MARKER).read_text() if (ctx.data_dir / DEMO_MARKER).exists() else ""
+    stamp = ctx.work_dir / STAMP_NAME
+    if ctx.work_dir.exists() and stamp.exists() and stamp.read_text() != marker:
+        say(f"Demo data was regenerated since {ctx.work_dir} was built: clearing those stale outputs.")
+        shutil.rmtree(ctx.work_dir)
+    if not stamp.exists():
+        write_text_atomic(stamp, marker)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- ensure_* helpers
+#
+# Each output has a "recipe" beside it (``<file>.recipe.json``): the settings and the digests of
+# the inputs it was built from. An output is reused only while its recipe matches, so changing
+# the cap, the image size, the fractions or the seed (or rebuilding an earlier stage) rebuilds
+# what depends on it, and nothing else.
+
+
+def _check_name(name: str) -> str:
+    if name not in DATASETS:
+        raise WbcError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    return name
+
+
+def _require_sources(ctx: Context, name: str) -> None:
+    """Raise a WbcError naming what to download when dataset ``name`` cannot be built here."""
+    missing = [src for src in NEEDS[name] if src not in ctx.datasets]
+    if name == "wbc10" and len(missing) < 2:
+        return  # wbc10 can be built from one of its two sources; _load_source says what is missing
+    if missing:
+        raise WbcError(
+            f"dataset {name!r} needs {', '.join(missing)}, but {ctx.data_dir} has no "
+            + " or ".join(f"{SOURCES[m]}/" for m in missing) + " folder. Get it with: "
+            + "; ".join(WHERE_TO_GET[m] for m in missing) + ", then set WBC_DATA_DIR to the folder holding it.")
+
+
+def _recipe_path(out: Path) -> Path:
+    return out.with_name(out.name + ".recipe.json")
+
+
+def _reuse(out: Path, recipe: dict, what: str, rebuild: bool, shown: Path | None = None) -> bool:
+    """True (and say so) when ``out`` exists and was built with the same ``recipe``."""
+    if rebuild or not out.exists():
+        return False
+    if _read_json(_recipe_path(out)) != recipe:
+        print(f"{what}: settings or inputs changed since {shown or out} was built: rebuilding")
+        return False
+    print(f"{what}: reusing {shown or out}  (to rebuild: pass rebuild=True or delete it)")
+    return True
+
+
+def _done(out: Path, recipe: dict) -> None:
+    write_text_atomic(_recipe_path(out), json.dumps(recipe, sort_keys=True))
+
+
+def _digest(path: Path) -> str:
+    from wbc.fileio import file_digest
+
+    return file_digest(path)[:16]
+
+
+def _read(path: Path) -> pd.DataFrame:
+    from wbc.preprocess import read_manifest_csv
+
+    return read_manifest_csv(path)
+
+
+def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
+    """``work_dir/manifests/<name>.csv`` for pbc, lmu, all, wbc10 or all4; built when missing.
+
+    Beside it: ``<name>-skipped.csv`` (raw files the reader could not use, with the reason) and,
+    for wbc10, ``wbc10-excluded.csv`` (images left out by the class map or the cap).
+    """
+    _check_name(name)
+    _require_sources(ctx, name)
+    out = ctx.work_dir / "manifests" / f"{name}.csv"
+    if name in ("pbc", "lmu", "all"):
+        recipe = {"data_dir": str(ctx.data_dir)}
+        if _reuse(out, recipe, f"manifest {name}", rebuild):
+            return out
+        from wbc.readers import read_dataset
+
+        extra = {"version": "both"} if name == "all" else {}  # ALL: Original and Segmented, kept apart by `version`
+        manifest, skipped = read_dataset(name, ctx.data_dir, **extra)
+        write_csv_atomic(skipped, out.with_name(f"{name}-skipped.csv"))
+        _report_skipped(skipped, name)
+    elif name == "wbc10":
+        inputs = {src: ensure_manifest(ctx, src.lower(), rebuild) for src in ("PBC", "LMU") if src in ctx.datasets}
+        recipe = {"cap": ctx.profile.cap, "seed": ctx.seed, **{k: _digest(p) for k, p in inputs.items()}}
+        if _reuse(out, recipe, "manifest wbc10", rebuild):
+            return out
+        from wbc.merge import build_wbc10
+
+        for src in ("PBC", "LMU"):
+            if src not in inputs:
+                print(f"NOTE: {SOURCES[src]}/ is not in {ctx.data_dir}: wbc10 is built without it, so "
+                      f"classes only {src} provides are missing. Get it with: {WHERE_TO_GET[src]}")
+        frames = {k: _read(p) for k, p in inputs.items()}
+        manifest, excluded = build_wbc10(frames.get("PBC"), frames.get("LMU"), cap=ctx.profile.cap, seed=ctx.seed)
+        write_csv_atomic(excluded, out.with_name("wbc10-excluded.csv"))
+        print(f"wbc10: {len(manifest)} images kept, {len(excluded)} excluded (listed in wbc10-excluded.csv)")
+    else:
+        source = ensure_manifest(ctx, "all", rebuild)
+        recipe = {"all": _digest(source)}
+        if _reuse(out, recipe, "manifest all4", rebuild):
+            return out
+        from wbc.merge import build_all4
+
+        manifest, _ = build_all4(_read(source))
+        print("all4: the Original version of the ALL images (their Segmented copies show the same "
+              "cells, so they are left out: one cell never appears twice)")
+    write_csv_atomic(manifest, out)
+    _done(out, recipe)
+    print(f"manifest {name}: built {out} ({len(manifest)} images)")
+    return out
+
+
+def _report_skipped(skipped: pd.DataFrame, name: str) -> None:
+    if len(skipped):
+        print(f"{name}: {len(skipped)} file(s) reported (see {name}-skipped.csv):")
+        for row in skipped.head(5).itertuples():
+            print(f"  {row.path}: {row.reason}")
+
+
+def ensure_preprocessed(ctx: Context, name: str, rebuild: bool = False) -> Path:
+    """``work_dir/processed/<name>/manifest.csv``: the images normalised by OpenCV, built when missing.
+
+    Images resized to ``profile.preprocess_size`` (stretch, as Study A), black-band images
+    quarantined; ``quarantine.csv`` beside it lists every image left out, with the reason.
+    """
+    source = ensure_manifest(ctx, name, rebuild)
+    out_dir = ctx.work_dir / "processed" / name
+    out = out_dir / "manifest.csv"
+    recipe = {"manifest": _digest(source), "size": ctx.profile.preprocess_size}
+    if _reuse(out, recipe, f"processed {name}", rebuild):
+        return out
+    from wbc.preprocess import preprocess_manifest
+
+    manifest = _read(source)
+    size = ctx.profile.preprocess_size
+    print(f"processed {name}: normalising {len(manifest)} images to {size}x{size} into {out_dir} ...")
+    # One process once TensorFlow is loaded: forking a process that runs TensorFlow's threads
+    # can deadlock the worker processes.
+    jobs = 1 if "tensorflow" in sys.modules else None
+    processed, quarantine = preprocess_manifest(manifest, out_dir, size=size, jobs=jobs)  # writes manifest.csv last
+    _done(out, recipe)
+    print(f"processed {name}: {len(processed)} images ready, {len(quarantine)} quarantined (quarantine.csv)")
+    return out
+
+
+def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False) -> Path:
+    """``work_dir/splits/<name>/`` with train/val/test.csv, audit.csv and classes.txt.
+
+    Default fractions follow the studies: 80/12/8 for wbc10 (Study A), 70/15/15 otherwise (Study B).
+    Duplicate groups stay in one split (``wbc.split``); the audit lists them.
+    """
+    fractions = [float(f) for f in (fractions or DEFAULT_FRACTIONS.get(name, DEFAULT_FRACTIONS["all4"]))]
+    source = ensure_preprocessed(ctx, name, rebuild)
+    out_dir = ctx.work_dir / "splits" / name
+    classes_file = out_dir / "classes.txt"  # written last: its presence means "complete"
+    recipe = {"manifest": _digest(source), "fractions": fractions, "seed": ctx.seed}
+    if _reuse(classes_file, recipe, f"splits {name}", rebuild, shown=out_dir):
+        return out_dir
+    from wbc.split import SPLITS, audit_splits, split_manifest
+
+    splits = split_manifest(_read(source), fractions, seed=ctx.seed)
+    for part in SPLITS:
+        write_csv_atomic(splits[part], out_dir / f"{part}.csv")
+    write_csv_atomic(audit_splits(splits), out_dir / "audit.csv")
+    classes = sorted(set().union(*(set(splits[part]["label"]) for part in SPLITS)))  # as `python -m wbc split`
+    write_text_atomic(classes_file, "".join(f"{c}\n" for c in classes))
+    _done(classes_file, recipe)
+    sizes = ", ".join(f"{part} {len(splits[part])}" for part in SPLITS)
+    print(f"splits {name}: built {out_dir} ({sizes}; fractions {fractions}, seed {ctx.seed})")
+    return out_dir

@@ -1,0 +1,156 @@
+"""wbc.course: setup_notebook and the ensure_* helpers that let every notebook run alone."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wbc import course
+from wbc.config import PBC_DIRNAME
+from wbc.errors import WbcError
+
+
+@pytest.fixture
+def ctx(tmp_path, monkeypatch, demo_root):
+    """A ci-profile context on the small demo dataset, with outputs in a temporary folder."""
+    monkeypatch.setenv("WBC_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("WBC_DATA_DIR", str(demo_root))
+    return course.setup_notebook("Test notebook", profile="ci", verbose=False)
+
+
+def test_setup_notebook_describes_the_run(ctx, demo_root, tmp_path, capsys):
+    assert ctx.datasets == ("PBC", "LMU", "ALL") and not ctx.is_demo
+    assert ctx.data_dir == demo_root and ctx.work_dir.is_relative_to(tmp_path / "out")
+    assert ctx.profile.name == "ci" and ctx.notebook == "test_notebook"
+    loud = course.setup_notebook("Loud", profile="ci", image_size=None, epochs=3)
+    assert loud.profile.epochs == 3 and loud.profile.image_size == ctx.profile.image_size
+    printed = capsys.readouterr().out
+    assert "TensorFlow" in printed and "Profile: ci" in printed and "DEMO DATA" not in printed
+
+
+def test_setup_notebook_refuses_unknown_settings(ctx):
+    with pytest.raises(WbcError, match="unknown setting"):
+        course.setup_notebook(profile="ci", verbose=False, epoch=3)
+    with pytest.raises(WbcError, match="unknown dataset"):
+        course.setup_notebook(profile="ci", verbose=False, dataset="wbc11")
+
+
+def test_ensure_splits_builds_the_chain_then_reuses_it(ctx, capsys):
+    split_dir = course.ensure_splits(ctx, "wbc10")
+    parts = {name: pd.read_csv(split_dir / f"{name}.csv") for name in ("train", "val", "test")}
+    classes = (split_dir / "classes.txt").read_text().split()
+    labels = set().union(*(set(p["label"]) for p in parts.values()))
+    assert classes == sorted(labels) and all(len(p) for p in parts.values())
+    processed = pd.read_csv(ctx.work_dir / "processed" / "wbc10" / "manifest.csv")
+    assert sum(len(p) for p in parts.values()) <= len(processed)
+    assert (split_dir / "audit.csv").is_file()
+
+    stamp = (split_dir / "train.csv").stat().st_mtime_ns
+    capsys.readouterr()
+    assert course.ensure_splits(ctx, "wbc10") == split_dir
+    out = capsys.readouterr().out
+    assert "splits wbc10: reusing" in out and "built" not in out
+    assert (split_dir / "train.csv").stat().st_mtime_ns == stamp
+
+
+def test_a_changed_setting_rebuilds_what_depends_on_it(ctx, capsys):
+    full = pd.read_csv(course.ensure_manifest(ctx, "wbc10"))
+    small_ctx = course.setup_notebook(profile="ci", verbose=False, cap=2)
+    capsys.readouterr()
+    small = pd.read_csv(course.ensure_manifest(small_ctx, "wbc10"))
+    assert "changed" in capsys.readouterr().out
+    assert small.groupby("label").size().max() == 2 < full.groupby("label").size().max()
+    excluded = pd.read_csv(small_ctx.work_dir / "manifests" / "wbc10-excluded.csv")
+    assert excluded["reason"].str.startswith("over the cap").any()
+
+
+def test_rebuild_true_rebuilds(ctx, capsys):
+    course.ensure_manifest(ctx, "lmu")
+    capsys.readouterr()
+    course.ensure_manifest(ctx, "lmu", rebuild=True)
+    assert "manifest lmu: built" in capsys.readouterr().out
+
+
+def test_all4_keeps_the_original_version_only(ctx):
+    all4 = pd.read_csv(course.ensure_manifest(ctx, "all4"))
+    everything = pd.read_csv(ctx.work_dir / "manifests" / "all.csv")
+    assert set(all4["version"]) == {"Original"} and set(everything["version"]) == {"Original", "Segmented"}
+    assert len(all4) == (everything["version"] == "Original").sum()
+
+
+def test_missing_source_is_explained(tmp_path, monkeypatch, demo_root, capsys):
+    only_pbc = tmp_path / "only-pbc"
+    shutil.copytree(demo_root / PBC_DIRNAME, only_pbc / PBC_DIRNAME)
+    monkeypatch.setenv("WBC_OUTPUT_DIR", str(tmp_path / "out"))
+    ctx = course.setup_notebook(profile="ci", data_dir=only_pbc, verbose=False)
+    assert ctx.datasets == ("PBC",) and not ctx.has("all4")
+    with pytest.raises(WbcError, match="ALL_Kaggle.*download all"):
+        course.ensure_manifest(ctx, "all4")
+    wbc10 = pd.read_csv(course.ensure_manifest(ctx, "wbc10"))
+    assert set(wbc10["source"]) == {"PBC"} and "myeloblast" not in set(wbc10["label"])
+    assert "AML-Cytomorphology_LMU/ is not in" in capsys.readouterr().out
+
+
+def test_demo_data_is_generated_once_and_redone_when_incomplete(tmp_path, monkeypatch):
+    monkeypatch.setenv("WBC_OUTPUT_DIR", str(tmp_path))
+    quiet = lambda *a, **k: None  # noqa: E731
+    root = course.ensure_demo_data(1, say=quiet)
+    marker = root / course.DEMO_MARKER
+    assert json.loads(marker.read_text()) == {"per_class": 1, "seed": 0}
+    stamp = marker.stat().st_mtime_ns
+    assert course.ensure_demo_data(1, say=quiet) == root and marker.stat().st_mtime_ns == stamp
+    marker.unlink()  # as if the generation had been interrupted
+    course.ensure_demo_data(1, say=quiet)
+    assert marker.is_file()
+    course.ensure_demo_data(2, say=quiet)  # another size: generated afresh, no foreign files left
+    assert json.loads(marker.read_text())["per_class"] == 2
+    summary = course.folder_summary(root)
+    assert summary.loc[summary["folder"].str.endswith("LMU/BAS"), "files"].tolist() == [2]
+
+
+def test_folder_summary_counts_files(demo_root):
+    summary = course.folder_summary(demo_root)
+    assert set(summary["dataset"]) == {"PBC", "LMU", "ALL"}
+    bas = summary[summary["folder"] == "AML-Cytomorphology_LMU/BAS"]["files"].item()
+    assert bas == len(os.listdir(demo_root / "AML-Cytomorphology_LMU" / "BAS"))
+
+
+def test_save_figure_writes_png_under_the_notebook_name(ctx):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    path = course.save_figure(fig, "line")
+    assert path == ctx.figures_dir / "test_notebook" / "line.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eda_tables_and_figures_on_the_demo_manifest(ctx, tmp_path):
+    from wbc import eda
+
+    wbc10 = pd.read_csv(course.ensure_manifest(ctx, "wbc10"), keep_default_na=False)
+    counts = eda.class_counts(wbc10, by="source")
+    assert counts.loc["total", "total"] == len(wbc10) and set(counts.columns) == {"PBC", "LMU", "total"}
+    broken = wbc10.head(3).copy()
+    broken.loc[broken.index[0], "path"] = str(tmp_path / "missing.jpg")
+    stats, unreadable = eda.image_stats(broken, per_group=None)
+    assert len(stats) == 2 and unreadable["path"].tolist() == [str(tmp_path / "missing.jpg")]
+    sizes = eda.image_size_table(eda.image_stats(wbc10, per_group=2)[0])
+    assert set(sizes.loc[sizes["source"] == "LMU", "channels"]) == {4}  # the RGBA TIFFs are reported as such
+    hist = eda.colour_histograms(wbc10, per_group=2, bins=8)
+    assert np.allclose(hist.groupby(["source", "channel"])["fraction"].sum(), 1.0)
+    fig = eda.plot_preview_grid(wbc10, per_group=1)
+    assert len([ax for ax in fig.axes if ax.images]) == wbc10.groupby(["label", "source"]).ngroups
+
+
+def test_duplicate_table_finds_the_image_filed_under_two_labels(ctx):
+    from wbc import eda
+
+    pbc = pd.read_csv(course.ensure_manifest(ctx, "pbc"), keep_default_na=False)
+    dup = eda.duplicate_table(pbc)
+    two_labels = dup[dup["labels"].str.contains(" / ")]
+    assert len(two_labels) == 2 and set(two_labels["label"]) == {"eosinophil", "neutrophil"}

@@ -1,0 +1,149 @@
+"""The notebook contract (GUIDE section 5): checked on the stored .ipynb files, without running them."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+EXPECTED = [
+    "01_setup_and_gpu_check", "02_get_the_data", "03_merge_into_ten_classes",
+    "04_exploratory_analysis", "05_opencv_preprocessing", "06_split_and_leakage_audit",
+    "07_input_pipeline_and_augmentation", "08_baseline_cnns", "09_resnet50_transfer_model",
+    "10_training_on_gpu", "11_evaluation", "12_hyperparameter_study",
+    "13_explainability_and_external_validation",
+]
+INSTALL_URL = "git+https://github.com/wbc-course/wbc-course"
+MAX_DEF_BODY = 5
+PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def markdown(nb: dict) -> str:
+    return "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def test_the_thirteen_notebooks_exist_and_nothing_else():
+    assert [p.stem for p in PATHS] == EXPECTED
+
+
+def test_first_seven_notebooks_exist():
+    names = {p.stem for p in PATHS}
+    assert [n for n in EXPECTED[:7] if n not in names] == []
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_name_format_and_kernel(path):
+    assert re.fullmatch(r"\d\d_[a-z0-9]+(_[a-z0-9]+)*\.ipynb", path.name)
+    nb = load(path)
+    assert nb["nbformat"] == 4
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_stored_without_outputs(path):
+    for cell in code_cells(load(path)):
+        assert cell["outputs"] == [], f"{path.name}: a cell has stored outputs"
+        assert cell["execution_count"] is None, f"{path.name}: a cell has an execution count"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_opening_cell(path):
+    first = load(path)["cells"][0]
+    text = source(first)
+    assert first["cell_type"] == "markdown" and text.startswith("# ")
+    for heading in ("What you will learn", "Prerequisites", "Run time"):
+        assert heading in text, f"{path.name}: first cell lacks {heading!r}"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_setup_install_and_parameters_cells(path):
+    cells = code_cells(load(path))
+    first = source(cells[0])
+    assert "import wbc" in first and INSTALL_URL in first, f"{path.name}: first code cell is not the guarded install"
+    assert sum(INSTALL_URL in source(c) for c in cells) == 1, f"{path.name}: install URL outside the setup cell"
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: needs exactly one code cell tagged 'parameters'"
+    params = source(tagged[0])
+    for knob in ("PROFILE", "DATA_DIR", "SEED"):
+        assert re.search(rf"^{knob}\s*=", params, re.M), f"{path.name}: parameters cell lacks {knob}"
+    setup_at = next(i for i, c in enumerate(cells) if "setup_notebook(" in source(c))
+    assert cells.index(tagged[0]) < setup_at or setup_at == 0
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_summary_exercises_and_hidden_solutions(path):
+    text = markdown(load(path))
+    assert re.search(r"^## Summary", text, re.M), f"{path.name}: no '## Summary'"
+    match = re.search(r"^## Exercises(.*)", text, re.M | re.S)
+    assert match, f"{path.name}: no '## Exercises'"
+    exercises = match.group(1)
+    solutions = re.findall(r"<details>\s*<summary>Solution", exercises)
+    assert 3 <= len(solutions) <= 5, f"{path.name}: {len(solutions)} solutions, expected 3-5"
+    assert exercises.count("<details>") == exercises.count("</details>")
+
+
+def _python(code: str) -> str:
+    """Cell code with IPython magics and shell lines commented out, so ``ast`` can parse it."""
+    return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in code.splitlines())
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_logic_lives_in_lib(path):
+    for cell in code_cells(load(path)):
+        code = source(cell)
+        assert "NBVAL_CHECK_OUTPUT" not in code, f"{path.name}: outputs are not stored, nothing to check against"
+        for node in ast.walk(ast.parse(_python(code))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                body = node.end_lineno - node.body[0].lineno + 1
+                assert body <= MAX_DEF_BODY, f"{path.name}: {node.name} is {body} lines: move it to lib/wbc"
+
+
+def test_contract_checker_catches_a_long_function(tmp_path):
+    code = "def f(x):\n" + "".join(f"    x += {i}\n" for i in range(7)) + "    return x\n"
+    node = next(n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.FunctionDef))
+    assert node.end_lineno - node.body[0].lineno + 1 > MAX_DEF_BODY
+
+
+def test_run_notebooks_selects_by_number_or_name(tmp_path):
+    from wbc.errors import WbcError
+    from wbc.run_notebooks import select_notebooks
+
+    for name in ("01_a.ipynb", "02_b.ipynb", "10_c.ipynb", "notes.ipynb"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in select_notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb", "10_c.ipynb"]
+    assert [p.name for p in select_notebooks(tmp_path, ["2", "10_c"])] == ["02_b.ipynb", "10_c.ipynb"]
+    with pytest.raises(WbcError, match="no notebook"):
+        select_notebooks(tmp_path, ["07"])
+
+
+def test_run_notebooks_names_the_failing_cell(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from wbc.errors import WbcError
+    from wbc.run_notebooks import run_notebook
+
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("assert x == 2, 'x is not 2'")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "01_broken.ipynb"
+    nbformat.write(nb, str(source))
+    with pytest.raises(WbcError, match=r"01_broken.ipynb failed at cell 1 .*x is not 2"):
+        run_notebook(source, tmp_path / "out", timeout=60)
+    executed = nbformat.read(str(tmp_path / "out" / "01_broken.ipynb"), as_version=4)
+    assert executed.cells[1].outputs[0]["output_type"] == "error"
+    assert nbformat.read(str(source), as_version=4).cells[1].outputs == []  # the source is untouched
