@@ -155,9 +155,12 @@ def save_figure(fig, name: str, ctx: Context | None = None) -> Path:
 
 def _print_versions(say) -> None:
     import cv2
-    import keras
     import numpy as np
-    import tensorflow as tf
+
+    from wbc.runtime import import_tensorflow
+
+    tf = import_tensorflow()  # first import: without TensorFlow's start-up log lines
+    import keras
 
     say(f"Python {platform.python_version()} | TensorFlow {tf.__version__} | Keras {keras.__version__} | "
         f"NumPy {np.__version__} | pandas {pd.__version__} | OpenCV {cv2.__version__}")
