@@ -190,7 +190,15 @@ def _set_seeds(seed: int) -> None:
 
 
 def _configure_matplotlib() -> None:
+    """Inline figures in Jupyter (so Figure objects returned by wbc.plots display) + defaults."""
     import matplotlib.pyplot as plt
+
+    try:
+        shell = get_ipython()  # type: ignore[name-defined]  # noqa: F821  (defined inside IPython)
+    except NameError:
+        shell = None
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")
 
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "figure.figsize": (8, 4.5),
                          "axes.grid": False, "axes.titlesize": 11, "image.cmap": "viridis"})
