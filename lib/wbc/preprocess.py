@@ -1,0 +1,619 @@
+"""OpenCV preprocessing: read any input image, drop black-band images, resize, write RGB JPEGs.
+
+The stage reads a manifest, writes ``out_dir/images/<label>/<unique name>.jpg`` and a processed
+manifest (``out_dir/manifest.csv``) pointing at them, plus ``out_dir/quarantine.csv`` listing
+every input that was not written and why. Raw files are only ever read.
+
+Re-runs are cheap: ``out_dir/progress.jsonl`` records each finished output together with the
+raw file's size and modification time and the settings used; a re-run skips every output that
+exists, is complete and whose raw file and settings did not change. Output files are written
+under a temporary name and renamed, so an interrupted run never leaves a half-written image.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from wbc.errors import WbcError
+from wbc.fileio import write_csv_atomic, write_text_atomic
+from wbc.split import phash_gray
+
+RESIZE_MODES = ("stretch", "pad", "crop")
+COLOUR_METHODS = (None, "clahe", "grey_world")
+#: Columns the processed manifest adds to the input manifest.
+ADDED_COLUMNS = ("raw_path", "sha256", "phash", "width", "height")
+QUARANTINE_COLUMNS = ("path", "source", "label", "reason")
+BLACK_BAND_PREFIX = "black band"
+
+# File signatures: the first bytes decide the format, whatever the file name says.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"\x00\x00\x00\x01Bud1", "DS_STORE"),
+)
+
+
+class BadImageError(WbcError):
+    """An input file that cannot be used as an image; ``reason`` says why (without the path)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+# ----------------------------------------------------------------------------- reading
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the first bytes (``"JPEG"``, ``"PNG"``, ``"TIFF"`` ...), else None."""
+    for magic, kind in _SIGNATURES:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """True when a JPEG ends with its end-of-image marker (FF D9), or Pillow decodes it in full.
+
+    A truncated JPEG has no end-of-image marker. Some writers append bytes after the marker,
+    so a missing marker at the very end is confirmed by a full Pillow decode before the file is
+    called truncated.
+    """
+    if data[-64:].rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+        return True
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        return True
+    except Exception:  # ImportError, truncated or corrupt: treat as incomplete
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log lines (libtiff/libpng complaints): errors are reported by us."""
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(level)
+
+
+def _to_bgr8(img: np.ndarray, path: str) -> np.ndarray:
+    """Any decoded array -> 3-channel BGR uint8 (OpenCV's channel order).
+
+    16-bit images are scaled by 255/65535 with rounding (65535 -> 255), not truncated;
+    floating-point images in [0, 1] are scaled to [0, 255], others clipped. Alpha is dropped
+    (the LMU TIFFs carry a constant, fully opaque alpha channel); grayscale is repeated on
+    three channels.
+    """
+    if img.dtype == np.uint16:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / 65535.0)
+    elif img.dtype in (np.float32, np.float64):
+        scale = 255.0 if np.nanmax(img) <= 1.0 else 1.0
+        img = np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise BadImageError(path, f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if channels == 2:  # grayscale + alpha
+        return cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2BGR)
+    if channels == 3:
+        return img
+    if channels == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    raise BadImageError(path, f"unsupported number of channels ({channels})")
+
+
+def decode_image(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode image bytes to BGR uint8 (OpenCV order); raise BadImageError with the reason."""
+    path = str(path)
+    if not data:
+        raise BadImageError(path, "empty file (0 bytes)")
+    kind = sniff_format(data)
+    if kind is None:
+        raise BadImageError(path, f"not an image (unrecognised content, first bytes {data[:8]!r})")
+    if kind == "DS_STORE":
+        raise BadImageError(path, "not an image (macOS .DS_Store metadata file)")
+    if kind == "JPEG" and not _jpeg_is_complete(data):
+        raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
+    with _quiet_opencv():
+        try:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            raise BadImageError(path, f"corrupt {kind} ({str(exc).strip().splitlines()[-1]})") from None
+    if img is None or img.size == 0:
+        raise BadImageError(path, f"corrupt or truncated {kind} (OpenCV could not decode it)")
+    return _to_bgr8(img, path)
+
+
+def _read_bytes(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and its stat, with clear errors for missing or unreadable files."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(), os.fstat(fh.fileno())
+    except FileNotFoundError:
+        raise BadImageError(path, "file not found (deleted or moved?)") from None
+    except IsADirectoryError:
+        raise BadImageError(path, "is a folder, not an image file") from None
+    except PermissionError:
+        raise BadImageError(path, "permission denied") from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot read ({exc.strerror or exc})") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3): JPEG, PNG, TIFF, BMP, GIF, WEBP.
+
+    Handles RGBA (alpha dropped), 16-bit (scaled, not truncated), grayscale and palette images.
+    Raises BadImageError (a WbcError) naming the file and the reason: empty file, not an
+    image, truncated or corrupt.
+    """
+    data, _ = _read_bytes(path)
+    return cv2.cvtColor(decode_image(data, path), cv2.COLOR_BGR2RGB)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def _interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    """INTER_AREA when shrinking (averages pixels, no aliasing); INTER_CUBIC when enlarging."""
+    shrinking = dst_hw[0] <= src_hw[0] and dst_hw[1] <= src_hw[1]
+    return cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+
+
+def _border_colour(img: np.ndarray) -> tuple[int, ...]:
+    """Median colour of the outermost pixels: the smear background around the cell."""
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).reshape(-1, img.shape[2] if img.ndim == 3 else 1)
+    return tuple(int(v) for v in np.median(border, axis=0))
+
+
+def resize_image(img: np.ndarray, size: int | tuple[int, int], mode: str = "stretch",
+                 interpolation: int | None = None,
+                 background: Sequence[int] | None = None) -> np.ndarray:
+    """Resize to ``size`` (an int for a square, or ``(width, height)``).
+
+    Modes:
+
+    - ``"stretch"`` (default, what Study A did): scale each axis independently. The PBC images
+      are 360x363 and the LMU ones 400x400, so the distortion is under 1%.
+    - ``"pad"`` (letterbox): scale the longer side to fit, then pad the shorter one with
+      ``background`` (default: the median colour of the image border, i.e. the smear
+      background, so the model sees no artificial black frame). Keeps the aspect ratio.
+    - ``"crop"``: scale the shorter side to fit, then cut the centre. Keeps the aspect ratio
+      but loses the margins, where a large cell may reach.
+
+    ``interpolation`` defaults to INTER_AREA when shrinking (it averages source pixels, so no
+    aliasing) and INTER_CUBIC when enlarging (sharper than linear). Works on any channel order.
+    """
+    if mode not in RESIZE_MODES:
+        raise WbcError(f"unknown resize mode {mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+    width, height = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if width < 1 or height < 1:
+        raise WbcError(f"image size must be positive, got {size!r}")
+    h, w = img.shape[:2]
+    if mode == "stretch":
+        scale_w, scale_h = width, height
+    else:
+        pick = min if mode == "pad" else max
+        scale = pick(width / w, height / h)
+        scale_w, scale_h = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = interpolation if interpolation is not None else _interpolation((h, w), (scale_h, scale_w))
+    out = img if (scale_w, scale_h) == (w, h) else cv2.resize(img, (scale_w, scale_h), interpolation=interp)
+    if mode == "pad":
+        colour = tuple(background) if background is not None else _border_colour(img)
+        top, left = (height - scale_h) // 2, (width - scale_w) // 2
+        out = cv2.copyMakeBorder(out, top, height - scale_h - top, left, width - scale_w - left,
+                                 cv2.BORDER_CONSTANT, value=colour)
+    elif mode == "crop":
+        top, left = (scale_h - height) // 2, (scale_w - width) // 2
+        out = out[top:top + height, left:left + width]
+    return np.ascontiguousarray(out)
+
+
+def detect_black_band(img: np.ndarray, threshold: int = 10, min_fraction: float = 0.98,
+                      min_width: int = 1, max_inner_fraction: float = 0.5) -> dict | None:
+    """Find straight black bands along the image's edges; None when there are none.
+
+    Rule: a row (or column) is *black* when at least ``min_fraction`` (98%) of its pixels have
+    every channel <= ``threshold`` (10 of 255). A band is a run of black rows/columns that
+    starts at an edge, at least ``min_width`` (1) px wide, and ends in a sharp straight edge:
+    within two lines after the run (JPEG blurs the edge; partly dark lines count as band), a
+    line has at most ``max_inner_fraction`` (50%) dark pixels. That is what a pixel loss in a
+    broken conversion looks like. Not flagged: dark-stained cells (nuclei
+    are dark purple, channels well above 10), dark vignetting in corners and small black specks
+    (a full line has to be black), and segmented images whose black background meets the cell
+    along an irregular outline (the line after the black run is still mostly dark).
+
+    Measured on the real sample (1,069 images): no PBC, LMU or ALL Original image has even one
+    black edge line. 82 of 162 ALL Segmented images have black edge lines (their background is
+    black by design); their outline is irregular, and the three lines after each run were
+    still >= 80% dark in all of them, so the sharp-edge rule flags none (``bench/bench_preprocess.py --scan``; see bench/README.md).
+
+    Returns ``{"edge": widest edge, "width": its px, "bands": {edge: px, ...}}``; an entirely
+    black image gives ``{"edge": "all", ...}``.
+    """
+    if img.ndim == 2:
+        img = img[:, :, None]
+    upper = np.full(img.shape[2], threshold, dtype=img.dtype)
+    lower = np.zeros_like(upper)
+    edges = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])[:, None, :]
+    if not cv2.inRange(np.ascontiguousarray(edges), lower, upper).any():
+        return None  # the usual case, decided from the four edge lines alone
+    mask = cv2.inRange(img, lower, upper)  # 255 where every channel <= threshold
+    dark_rows = np.count_nonzero(mask, axis=1) / mask.shape[1]
+    dark_cols = np.count_nonzero(mask, axis=0) / mask.shape[0]
+    if (dark_rows >= min_fraction).all():
+        return {"edge": "all", "width": int(mask.shape[0]), "bands": {"all": int(mask.shape[0])}}
+    bands = {}
+    for edge, dark in (("top", dark_rows), ("bottom", dark_rows[::-1]),
+                       ("left", dark_cols), ("right", dark_cols[::-1])):
+        black = dark >= min_fraction
+        run = int(np.argmin(black)) if not black.all() else len(black)
+        if run == 0:
+            continue
+        end = run  # JPEG blurs a band's edge: allow up to two partly dark lines after the run
+        while end < min(len(dark), run + 3) and dark[end] > max_inner_fraction:
+            end += 1
+        if end >= min_width and end < len(dark) and dark[end] <= max_inner_fraction:
+            bands[edge] = end
+    if not bands:
+        return None
+    edge = max(bands, key=bands.get)
+    return {"edge": edge, "width": bands[edge], "bands": bands}
+
+
+def describe_black_band(band: dict) -> str:
+    """Quarantine reason for a band, e.g. ``"black band: bottom 23 px"``."""
+    if band["edge"] == "all":
+        return f"{BLACK_BAND_PREFIX}: image entirely black"
+    parts = ", ".join(f"{edge} {width} px" for edge, width in band["bands"].items())
+    return f"{BLACK_BAND_PREFIX}: {parts}"
+
+
+def normalise_colour(img: np.ndarray, method: str | None = None) -> np.ndarray:
+    """Optional stain/colour normalisation of an RGB uint8 image (off by default).
+
+    - ``None``: unchanged.
+    - ``"clahe"``: contrast-limited adaptive histogram equalisation of the lightness (L of
+      CIELAB, clip limit 2.0, 8x8 tiles): evens out contrast, keeps hues.
+    - ``"grey_world"``: scale each channel so its mean equals the mean of all channels:
+      removes a global colour cast (different stains, scanners or white balance).
+    """
+    if method is None:
+        return img
+    if method == "clahe":
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+        clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+        lab[:, :, 0] = clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    if method == "grey_world":
+        means = img.reshape(-1, 3).mean(axis=0)
+        gains = means.mean() / np.maximum(means, 1e-6)
+        return np.clip(img * gains + 0.5, 0, 255).astype(np.uint8)
+    raise WbcError(f"unknown colour normalisation {method!r}: choose clahe or grey_world")
+
+
+# ----------------------------------------------------------------------------- one file
+
+@dataclass(frozen=True)
+class _Settings:
+    size: int
+    mode: str
+    quality: int
+    remove_black_band: bool
+    colour: str | None
+
+    @functools.cached_property
+    def key(self) -> str:
+        """Short digest of the settings: outputs made with other settings are redone."""
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def output_name(raw_path: str, source: str = "") -> str:
+    """A unique, readable output file name: ``<source>_<stem>_<8 hex of the raw path>.jpg``.
+
+    The hash of the absolute raw path keeps names unique when two folders or sources hold
+    files with the same name (ALL ``Original/`` and ``Segmented/``).
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(raw_path).stem).strip("._") or "image"
+    digest = hashlib.sha1(os.path.abspath(raw_path).encode()).hexdigest()[:8]
+    prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", str(source)) + "_" if source else ""
+    return f"{prefix}{stem}_{digest}.jpg"
+
+
+def _write_jpeg(target: str, data: bytes) -> None:
+    """Write one output atomically (a temporary ``.<name>.<pid>.part.jpg``, then rename).
+
+    An error here is about the output folder, not the image, so it aborts the run.
+    """
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name[:-4]}.{os.getpid()}.part.jpg")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise WbcError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _process_one(task: dict, settings: _Settings) -> dict:
+    """Process one raw image; returns a result record (status "ok" or "quarantined")."""
+    raw = task["raw"]
+    result = {"index": task["index"], "raw": raw, "out": task["out"]}
+    try:
+        data, st = _read_bytes(raw)
+        bgr = decode_image(data, raw)
+        if settings.remove_black_band:
+            band = detect_black_band(bgr)
+            if band is not None:
+                return {**result, "status": "quarantined", "reason": describe_black_band(band)}
+        height, width = bgr.shape[:2]
+        if settings.colour:
+            bgr = cv2.cvtColor(normalise_colour(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), settings.colour),
+                               cv2.COLOR_RGB2BGR)
+        out = resize_image(bgr, settings.size, settings.mode)
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, settings.quality])
+        if not ok:
+            raise BadImageError(raw, "OpenCV could not encode the processed image")
+    except BadImageError as exc:
+        return {**result, "status": "quarantined", "reason": exc.reason}
+    except (cv2.error, MemoryError, ValueError) as exc:
+        return {**result, "status": "quarantined", "reason": f"unexpected error: {type(exc).__name__}: {exc}"}
+    payload = buf.tobytes()
+    _write_jpeg(task["out_abs"], payload)
+    return {**result, "status": "ok", "key": settings.key, "raw_size": st.st_size,
+            "raw_mtime_ns": st.st_mtime_ns, "out_size": len(payload),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "phash": phash_gray(cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)),
+            "width": int(width), "height": int(height)}
+
+
+def _process_chunk(tasks: list[dict], settings: _Settings) -> list[dict]:
+    return [_process_one(task, settings) for task in tasks]
+
+
+def _pool_context():
+    """Start workers from a clean process (forkserver, else spawn), never by forking this one:
+    a fork taken after OpenCV has started its thread pool can deadlock in the child."""
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["wbc.preprocess"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _init_worker() -> None:
+    """Pool workers: one OpenCV thread each (the pool gives the parallelism); the parent
+    handles Ctrl-C, so workers ignore it and finish their current chunk."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+
+
+# ----------------------------------------------------------------------------- resume journal
+
+class _Journal:
+    """``progress.jsonl``: one JSON line per finished output, appended as results arrive."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["out"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut short by an interrupted run: that output is redone
+        self._fh = None
+
+    def is_done(self, task: dict, key: str) -> dict | None:
+        """The stored record when ``task``'s output is complete and up to date, else None."""
+        entry = self.entries.get(task["out"])
+        if not entry or entry.get("key") != key or entry.get("raw") != task["raw"]:
+            return None
+        try:
+            st, out_st = os.stat(task["raw"]), os.stat(task["out_abs"])
+        except OSError:
+            return None
+        if (st.st_size, st.st_mtime_ns, out_st.st_size) != (entry["raw_size"], entry["raw_mtime_ns"], entry["out_size"]):
+            return None
+        return entry
+
+    def append(self, entry: dict) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        record = {k: v for k, v in entry.items() if k not in ("index", "status")}
+        self._fh.write(json.dumps(record, sort_keys=True) + "\n")
+        self._fh.flush()
+        self.entries[entry["out"]] = record
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def compact(self, keep: list[str]) -> None:
+        """Rewrite the journal with only the entries of the current manifest."""
+        self.close()
+        lines = [json.dumps(self.entries[out], sort_keys=True) for out in keep if out in self.entries]
+        write_text_atomic(self.path, "".join(line + "\n" for line in lines))
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest CSV exactly as written (every column as text, empty cells stay "")."""
+    path = Path(path)
+    if not path.is_file():
+        raise WbcError(f"{path}: manifest CSV not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise WbcError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in ("path", "label") if c not in df.columns]
+    if missing:
+        raise WbcError(f"{path}: missing column(s) {', '.join(missing)} (a manifest has path, source, "
+                       "source_label, sub_label, label)")
+    return df
+
+
+def _check_args(size: int, mode: str, quality: int, jobs: int | None, colour: str | None) -> int:
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise WbcError(f"--size must be a positive integer, got {size!r}")
+    if mode not in RESIZE_MODES:
+        raise WbcError(f"unknown resize mode {mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+    if not 1 <= quality <= 100:
+        raise WbcError(f"JPEG quality must be between 1 and 100, got {quality}")
+    if colour not in COLOUR_METHODS:
+        raise WbcError(f"unknown colour normalisation {colour!r}: choose clahe or grey_world")
+    jobs = (os.cpu_count() or 1) if jobs is None else jobs
+    if jobs < 1:
+        raise WbcError(f"--jobs must be at least 1, got {jobs}")
+    return jobs
+
+
+def _run_tasks(tasks: list[dict], settings: _Settings, jobs: int, journal: _Journal,
+               progress: bool) -> dict[int, dict]:
+    """Run tasks serially (jobs=1) or in a process pool, journaling each finished output."""
+    from tqdm.auto import tqdm
+
+    results: dict[int, dict] = {}
+    bar = tqdm(total=len(tasks), desc="preprocess", unit="img", disable=not progress)
+
+    def collect(batch: list[dict]) -> None:
+        for res in batch:
+            results[res["index"]] = res
+            if res["status"] == "ok":
+                journal.append(res)
+        bar.update(len(batch))
+
+    try:
+        if jobs == 1 or len(tasks) < 2:
+            for task in tasks:
+                collect([_process_one(task, settings)])
+        else:
+            chunk = max(1, min(32, len(tasks) // (jobs * 8)))
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context(),
+                                     initializer=_init_worker) as pool:
+                futures = [pool.submit(_process_chunk, tasks[i:i + chunk], settings)
+                           for i in range(0, len(tasks), chunk)]
+                try:
+                    for future in as_completed(futures):
+                        collect(future.result())
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    finally:
+        bar.close()
+        journal.close()
+    return results
+
+
+def preprocess_manifest(manifest: pd.DataFrame, out_dir: str | os.PathLike, size: int = 400, *,
+                        mode: str = "stretch", quality: int = 95, jobs: int | None = None,
+                        remove_black_band: bool = True, colour: str | None = None,
+                        progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read every image of ``manifest``, resize it and write an RGB JPEG under ``out_dir``.
+
+    Returns ``(processed, quarantine)`` and writes them as ``out_dir/manifest.csv`` and
+    ``out_dir/quarantine.csv``. ``processed`` keeps the manifest's columns, with ``path``
+    pointing at the new JPEG, and adds ``raw_path``, ``sha256`` (raw bytes), ``phash`` (of the
+    processed image), ``width`` and ``height`` (raw size). ``quarantine`` lists every row not
+    written (``path, source, label, reason``): unreadable inputs and, unless
+    ``remove_black_band=False``, images with a black band (see ``detect_black_band``).
+
+    ``jobs`` worker processes (default: every core); re-runs skip finished outputs.
+    ``processed.attrs["counts"]`` holds processed / skipped / quarantined / black_band counts.
+    """
+    jobs = _check_args(size, mode, quality, jobs, colour)
+    missing = [c for c in ("path", "label") if c not in manifest.columns]
+    if missing:
+        raise WbcError(f"manifest lacks column(s) {', '.join(missing)}; columns found: {', '.join(map(str, manifest.columns))}")
+    out_dir = Path(out_dir).resolve()
+    settings = _Settings(int(size), mode, int(quality), bool(remove_black_band), colour)
+    key = settings.key
+    for stale in out_dir.glob("images/*/.*.part.jpg"):  # left by a hard kill mid-write
+        stale.unlink(missing_ok=True)
+    journal = _Journal(out_dir / "progress.jsonl")
+
+    rows = manifest.reset_index(drop=True)
+    quarantined: list[dict] = []
+    tasks, done, seen = [], {}, {}
+    for i, row in enumerate(rows.itertuples(index=False)):
+        raw = os.path.abspath(str(row.path))
+        source = str(getattr(row, "source", "") or "")
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", str(row.label)).strip(".") or "unlabelled"
+        out_rel = f"images/{label}/{output_name(raw, source)}"
+        task = {"index": i, "raw": raw, "out": out_rel, "out_abs": str(out_dir / out_rel)}
+        if out_rel in seen:
+            quarantined.append({"index": i, "reason": f"duplicate manifest row (same file and label as row {seen[out_rel]})"})
+            continue
+        seen[out_rel] = i
+        entry = journal.is_done(task, key)
+        if entry is not None:
+            done[i] = {**entry, "index": i, "status": "ok"}
+        else:
+            tasks.append(task)
+
+    results = _run_tasks(tasks, settings, jobs, journal, progress)
+    results.update(done)
+    quarantined += [{"index": i, "reason": r["reason"]} for i, r in results.items() if r["status"] != "ok"]
+
+    ok = sorted(i for i, r in results.items() if r["status"] == "ok")
+    processed = rows.iloc[ok].copy()
+    processed["raw_path"] = [results[i]["raw"] for i in ok]
+    processed["path"] = [str(out_dir / results[i]["out"]) for i in ok]
+    for column in ("sha256", "phash", "width", "height"):
+        processed[column] = [results[i][column] for i in ok]
+    processed = processed.reset_index(drop=True)
+
+    quarantined.sort(key=lambda q: q["index"])
+    quarantine = pd.DataFrame(
+        [{"path": rows.at[q["index"], "path"],
+          "source": rows.at[q["index"], "source"] if "source" in rows.columns else "",
+          "label": rows.at[q["index"], "label"], "reason": q["reason"]} for q in quarantined],
+        columns=list(QUARANTINE_COLUMNS))
+
+    write_csv_atomic(processed, out_dir / "manifest.csv")
+    write_csv_atomic(quarantine, out_dir / "quarantine.csv")
+    journal.compact([results[i]["out"] for i in ok])
+    processed.attrs["counts"] = {
+        "processed": len(ok) - len(done), "skipped": len(done), "quarantined": len(quarantine),
+        "black_band": int(quarantine["reason"].str.startswith(BLACK_BAND_PREFIX).sum()),
+    }
+    return processed, quarantine
