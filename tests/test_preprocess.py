@@ -1,7 +1,6 @@
 """OpenCV preprocessing: reading every input kind, resizing, black bands, colour, the stage."""
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 

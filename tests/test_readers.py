@@ -16,7 +16,7 @@ from wbc.fileio import file_digest
 from wbc.labels import ALL_CLASSES, LMU_CODES, PBC_CLASSES
 from wbc.readers import (
     BLOODMNIST_CLASSES, check_image_file, locate_dataset, read_all, read_bloodmnist, read_dataset,
-    read_lmu, read_pbc, summarise_reasons, write_bloodmnist_folders,
+    read_pbc, summarise_reasons, write_bloodmnist_folders,
 )
 
 

@@ -1,7 +1,6 @@
 """Duplicate-aware stratified splits and the leakage audit."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np

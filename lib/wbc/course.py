@@ -17,7 +17,6 @@ import json
 import platform
 import re
 import shutil
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -405,10 +404,7 @@ def ensure_preprocessed(ctx: Context, name: str, rebuild: bool = False) -> Path:
     manifest = _read(source)
     size = ctx.profile.preprocess_size
     print(f"processed {name}: normalising {len(manifest)} images to {size}x{size} into {out_dir} ...")
-    # One process once TensorFlow is loaded: forking a process that runs TensorFlow's threads
-    # can deadlock the worker processes.
-    jobs = 1 if "tensorflow" in sys.modules else None
-    processed, quarantine = preprocess_manifest(manifest, out_dir, size=size, jobs=jobs)  # writes manifest.csv last
+    processed, quarantine = preprocess_manifest(manifest, out_dir, size=size)  # writes manifest.csv last
     _done(out, recipe)
     print(f"processed {name}: {len(processed)} images ready, {len(quarantine)} quarantined (quarantine.csv)")
     return out
