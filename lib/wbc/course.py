@@ -423,14 +423,10 @@ def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False
     recipe = {"manifest": _digest(source), "fractions": fractions, "seed": ctx.seed}
     if _reuse(classes_file, recipe, f"splits {name}", rebuild, shown=out_dir):
         return out_dir
-    from wbc.split import SPLITS, audit_splits, split_manifest
+    from wbc.split import SPLITS, split_manifest, write_split_folder
 
     splits = split_manifest(_read(source), fractions, seed=ctx.seed)
-    for part in SPLITS:
-        write_csv_atomic(splits[part], out_dir / f"{part}.csv")
-    write_csv_atomic(audit_splits(splits), out_dir / "audit.csv")
-    classes = sorted(set().union(*(set(splits[part]["label"]) for part in SPLITS)))  # as `python -m wbc split`
-    write_text_atomic(classes_file, "".join(f"{c}\n" for c in classes))
+    write_split_folder(splits, out_dir)  # the same files as `python -m wbc split`
     _done(classes_file, recipe)
     sizes = ", ".join(f"{part} {len(splits[part])}" for part in SPLITS)
     print(f"splits {name}: built {out_dir} ({sizes}; fractions {fractions}, seed {ctx.seed})")

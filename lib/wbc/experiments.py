@@ -436,7 +436,7 @@ def build_external_split(manifest: pd.DataFrame | str | Path, out_dir: str | Pat
     keep only the labels the two sources share (at least ``min_images`` each); the others are
     printed. ``classes.txt`` (written last) is the same in both folders.
     """
-    from wbc.split import audit_splits, split_manifest
+    from wbc.split import split_manifest, write_split_folder
 
     out_dir = Path(out_dir)
     internal, external = out_dir / "internal", out_dir / "external"
@@ -455,12 +455,9 @@ def build_external_split(manifest: pd.DataFrame | str | Path, out_dir: str | Pat
               f"{', '.join(left_out)}")
     kept = manifest[manifest["label"].isin(classes)]
     parts = split_manifest(kept[kept["source"] == train_source].reset_index(drop=True), fractions, seed)
-    for name in ("train", "val", "test"):
-        write_csv_atomic(parts[name], internal / f"{name}.csv")
-    write_csv_atomic(audit_splits(parts), internal / "audit.csv")
+    write_split_folder(parts, internal)
     write_csv_atomic(kept[kept["source"] == test_source].reset_index(drop=True), external / "test.csv")
-    for folder in (external, internal):
-        write_text_atomic(folder / "classes.txt", "\n".join(classes) + "\n")
+    write_text_atomic(external / "classes.txt", (internal / "classes.txt").read_text())
     print(f"External-validation splits written to {out_dir}: train on {train_source}, test on {test_source}")
     return ExternalSplit(internal, external, classes)
 

@@ -347,3 +347,24 @@ def class_counts(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     counts["total"] = counts.sum(axis=1)
     counts.loc["total"] = counts.sum(axis=0)
     return counts
+
+
+def write_split_folder(splits: dict[str, pd.DataFrame], out_dir, *,
+                       phash_threshold: int | None = PHASH_THRESHOLD) -> pd.DataFrame:
+    """Write ``train/val/test.csv``, ``audit.csv`` and ``classes.txt`` into ``out_dir``.
+
+    ``classes.txt`` (sorted class names, line order = class index) is written last, so its
+    presence means the folder is complete. Every file is written atomically. Returns the audit.
+    """
+    from pathlib import Path
+
+    from wbc.fileio import write_csv_atomic, write_text_atomic
+
+    out_dir = Path(out_dir)
+    audit = audit_splits(splits, phash_threshold=phash_threshold)
+    for name in SPLITS:
+        write_csv_atomic(splits[name], out_dir / f"{name}.csv")
+    write_csv_atomic(audit, out_dir / "audit.csv")
+    classes = sorted(set().union(*(set(splits[name]["label"]) for name in SPLITS)))
+    write_text_atomic(out_dir / "classes.txt", "".join(f"{c}\n" for c in classes))
+    return audit

@@ -26,20 +26,14 @@ def register(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Split, audit, write the files and print the per-class counts."""
-    from wbc.fileio import write_csv_atomic, write_text_atomic
     from wbc.preprocess import read_manifest_csv
-    from wbc.split import SPLITS, audit_splits, class_counts, split_manifest
+    from wbc.split import SPLITS, class_counts, split_manifest, write_split_folder
 
     manifest = read_manifest_csv(args.manifest)
     threshold = None if args.phash_threshold < 0 else args.phash_threshold
     splits = split_manifest(manifest, args.fractions, args.seed, cross_label=args.cross_label,
                             phash_threshold=threshold)
-    audit = audit_splits(splits, phash_threshold=threshold)
-    for name in SPLITS:
-        write_csv_atomic(splits[name], args.out / f"{name}.csv")
-    write_csv_atomic(audit, args.out / "audit.csv")
-    classes = sorted(set().union(*(set(splits[name]["label"]) for name in SPLITS)))
-    write_text_atomic(args.out / "classes.txt", "".join(f"{c}\n" for c in classes))
+    audit = write_split_folder(splits, args.out, phash_threshold=threshold)
 
     print(class_counts(splits).to_string())
     for kind, n in audit["kind"].value_counts().sort_index().items():
