@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except WbcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted: completed work is kept; re-run the same command to resume.", file=sys.stderr)
         return 130
