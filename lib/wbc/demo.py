@@ -8,7 +8,10 @@
 
 Each image is drawn with OpenCV from the morphology table ``CELL_TYPES`` below (cell size,
 nucleus shape, colours, granules), so a small CNN can learn the classes, with per-image jitter
-(stain colour, rotation, position, size, noise, blur) so it is not trivial. The same cell type
+(stain colour, rotation, position, size, noise, blur) so it is not trivial. ALL fields show one
+dominant white cell near the centre (sometimes one or two more) among red cells, at a higher
+magnification than the real low-power fields, so the class signal survives resizing to 64-96 px
+for the small CNNs. The same cell type
 is drawn for a PBC folder/prefix and the LMU code it is merged with (``SOURCES``). The two
 sources differ in background tint and scale, so a domain shift exists, as in the real data.
 
@@ -90,20 +93,21 @@ CELL_TYPES: dict[str, dict] = {
     "platelet": dict(size=(0.22, 0.35), nucleus="none", bodies=(1, 4),
                      cytoplasm_rgb=(175, 140, 200), granules=(0.5, (100, 45, 130), 1.6, False),
                      irregularity=0.15),
-    # ALL (lymphoblastic leukaemia): haematogones and lymphoblasts of increasing size, N:C ratio
-    # and nucleoli.
-    "haematogone": dict(size=(1.05, 1.25), nucleus="round", nucleus_size=0.86, nucleus_offset=0.06,
-                        nucleus_rgb=(80, 40, 130), chromatin=(0.18, 1.6),
-                        cytoplasm_rgb=(160, 175, 225)),
-    "lymphoblast_early": dict(size=(1.3, 1.5), nucleus="round", nucleus_size=0.88, nucleus_offset=0.05,
-                              nucleus_rgb=(110, 60, 175), chromatin=(0.08, 1.0), nucleoli=(0, 1),
-                              cytoplasm_rgb=(140, 150, 215)),
-    "lymphoblast_pre": dict(size=(1.55, 1.8), nucleus="round", nucleus_size=0.84, nucleus_offset=0.08,
-                            nucleus_rgb=(135, 85, 190), chromatin=(0.07, 1.0), nucleoli=(1, 2),
-                            cytoplasm_rgb=(150, 160, 220), irregularity=0.04),
-    "lymphoblast_pro": dict(size=(1.85, 2.2), nucleus="round", nucleus_size=0.8, nucleus_offset=0.1,
-                            nucleus_rgb=(175, 115, 205), chromatin=(0.06, 1.0), nucleoli=(2, 3),
-                            cytoplasm_rgb=(190, 170, 225), irregularity=0.05),
+    # ALL (lymphoblastic leukaemia): haematogones and lymphoblasts of increasing size, paler and
+    # pinker nuclei, more cytoplasm and more nucleoli from Benign to Pro; the size ranges overlap
+    # a little, and stain jitter blurs the colours, so a model needs more than one cue.
+    "haematogone": dict(size=(1.3, 1.6), nucleus="round", nucleus_size=0.9, nucleus_offset=0.05,
+                        nucleus_rgb=(50, 25, 95), chromatin=(0.22, 1.6),
+                        cytoplasm_rgb=(150, 170, 225)),
+    "lymphoblast_early": dict(size=(1.75, 2.1), nucleus="round", nucleus_size=0.86, nucleus_offset=0.06,
+                              nucleus_rgb=(85, 85, 215), chromatin=(0.1, 1.0), nucleoli=(0, 1),
+                              cytoplasm_rgb=(130, 150, 220)),
+    "lymphoblast_pre": dict(size=(2.15, 2.55), nucleus="round", nucleus_size=0.74, nucleus_offset=0.12,
+                            nucleus_rgb=(140, 85, 185), chromatin=(0.08, 1.0), nucleoli=(1, 2),
+                            cytoplasm_rgb=(120, 165, 230), irregularity=0.05),
+    "lymphoblast_pro": dict(size=(2.55, 3.0), nucleus="round", nucleus_size=0.7, nucleus_offset=0.12,
+                            nucleus_rgb=(200, 115, 200), chromatin=(0.06, 1.0), nucleoli=(2, 4),
+                            cytoplasm_rgb=(225, 180, 225), irregularity=0.06),
 }
 
 # ----------------------------------------------------------------------------- what goes where
@@ -154,7 +158,7 @@ STYLES: dict[str, dict] = {
     "LMU": dict(size=(400, 400), rbc_radius=(50, 58), rbc_count=(6, 10), rbc_overlap=0.1,
                 background=(236, 222, 236), rbc=(222, 180, 204), pallor=(228, 196, 216),
                 tint=(1.06, 0.92, 1.08)),
-    "ALL": dict(size=(224, 224), rbc_radius=(8, 10), rbc_count=(90, 150), rbc_overlap=0.45,
+    "ALL": dict(size=(224, 224), rbc_radius=(16, 19), rbc_count=(20, 40), rbc_overlap=0.35,
                 background=(228, 234, 248), rbc=(172, 176, 210), pallor=(190, 194, 222),
                 tint=(1.05, 1.0, 1.05)),
 }
@@ -429,19 +433,22 @@ def _draw_smear(cell_type: str, dataset: str, rng: np.random.Generator) -> np.nd
 
 
 def _draw_all_field(cell_type: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """An ALL-like low-magnification field (many red cells, a few white cells) and its
-    Segmented version (white cells only, pink, on black), as BGR uint8 images."""
+    """An ALL-like field (red cells around one dominant white cell near the centre, sometimes
+    one or two more of the same type further out) and its Segmented version (white cells only,
+    pink, on black), as BGR uint8 images. The dominant cell carries the class signal, so small
+    CNNs at 64-96 px can learn it, as most real ALL images centre one or a few lymphoblasts."""
     style = STYLES["ALL"]
     w, h = style["size"]
     rbc_r = rng.uniform(*style["rbc_radius"])
     spec = CELL_TYPES[cell_type]
     image = _background(style, (h, w), rng)
-    cells = []
-    for _ in range(int(rng.integers(2, 6))):
-        r = rbc_r * rng.uniform(*spec["size"])
+    main = np.array([w / 2, h / 2]) + rng.uniform(-0.1, 0.1, 2) * (w, h)
+    cells = [(main, rbc_r * rng.uniform(*spec["size"]))]
+    for _ in range(int(rng.choice(3, p=[0.7, 0.25, 0.05]))):
+        r = rbc_r * rng.uniform(*spec["size"]) * rng.uniform(0.85, 1.0)
         for _attempt in range(20):
             at = rng.uniform([r * 0.3, r * 0.3], [w - r * 0.3, h - r * 0.3])
-            if all(np.hypot(*(at - c)) > r + cr for c, cr in cells):
+            if all(np.hypot(*(at - c)) > r + cr + 0.3 * rbc_r for c, cr in cells):
                 cells.append((at, r))
                 break
     _draw_red_cells(image, style, rbc_r, rng.integers(*style["rbc_count"]),
