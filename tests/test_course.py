@@ -154,3 +154,52 @@ def test_duplicate_table_finds_the_image_filed_under_two_labels(ctx):
     dup = eda.duplicate_table(pbc)
     two_labels = dup[dup["labels"].str.contains(" / ")]
     assert len(two_labels) == 2 and set(two_labels["label"]) == {"eosinophil", "neutrophil"}
+
+
+def test_class_distribution_follows_table_one_order_with_the_legend_outside(ctx):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from wbc import eda, merge
+    from wbc.labels import WBC10_CLASSES
+
+    wbc10 = pd.read_csv(course.ensure_manifest(ctx, "wbc10"), keep_default_na=False)
+    fig = eda.plot_class_distribution(wbc10, by="source")
+    ax = fig.axes[0]
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    assert shown == [c for c in merge.table_one(wbc10)["class"] if c != "total"]
+    assert shown == [c for c in WBC10_CLASSES if c in shown]
+    FigureCanvasAgg(fig).draw()
+    legend, plot = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= plot.x1  # right of the bars, never on top of them
+    assert eda.class_order(["Pro", "zeta", "Benign", "basophil"]) == ["basophil", "Benign", "Pro", "zeta"]
+
+
+def test_suptitles_clear_the_panel_titles():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from wbc.plots import plot_image_gallery
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(8, 16, 16, 3), dtype=np.uint8)
+    captions = [f"neutrophil_segmented processed 96x96 number {i}" for i in range(8)]
+    fig = plot_image_gallery(images, captions, ncols=4, title="Raw vs processed")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    top = fig._suptitle.get_window_extent(renderer)
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.images]
+    assert all(t.y1 <= top.y0 for t in titles)  # the suptitle sits above every caption
+    row = sorted((t for t in titles if abs(t.y0 - titles[0].y0) < 1), key=lambda t: t.x0)
+    assert all(a.x1 <= b.x0 for a, b in zip(row, row[1:]))  # neighbouring captions do not touch
+
+
+def test_heatmap_colorbar_for_gradcam_overlays():
+    from wbc.plots import add_heatmap_colorbar, plot_image_gallery
+
+    images = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    fig = plot_image_gallery(images, ["a", "b", "c"], ncols=3, colorbar_cmap="jet")
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "Grad-CAM" in bars[0].get_ylabel()
+    assert len([ax for ax in plot_image_gallery(images, ["a", "b", "c"]).axes if ax.get_label() == "<colorbar>"]) == 0
+    bar = add_heatmap_colorbar(plot_image_gallery(images, ["a", "b", "c"]), label="importance")
+    assert bar.mappable.get_cmap().name == "jet" and bar.ax.get_ylabel() == "importance"

@@ -260,3 +260,17 @@ def test_ensure_run_and_score_run_with_a_real_model(tmp_path):
     score = experiments.score_run(run, split="test")
     assert 0 <= score["accuracy"] <= 1 and 0 <= score["macro_f1"] <= 1
     assert score["params"] == experiments.read_config(run)["params_total"] > 0
+
+
+def test_request_fingerprint_includes_resolved_defaults(tmp_path):
+    split = tiny_split(tmp_path)
+    implicit = experiments.training_request("cnn1", split, {"epochs": 2})
+    explicit = experiments.training_request("cnn1", split, {"epochs": 2, "augment": True, "verbose": 0})
+    assert implicit == explicit and implicit["settings"]["augment"] is True
+    assert experiments.training_request("cnn1", split, {"epochs": 2, "augment": False}) != implicit
+
+
+def test_model_label_is_readable():
+    assert experiments.model_label({"model": "resnet50", "weights": "none"}) == "ResNet50, random init"
+    assert experiments.model_label({"model": "resnet50", "weights": "imagenet"}) == "ResNet50, ImageNet"
+    assert experiments.model_label({"model": "cnn2"}) == "CNN2"

@@ -76,7 +76,9 @@ def test_unfreeze_top_keeps_batchnorm_frozen(resnet_from_files):
     unfrozen = unfreeze_top(model)  # default: stage 5 (conv5_block1 .. conv5_block3)
     assert unfrozen and all(name.startswith("conv5_") for name in unfrozen)
     batchnorms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    assert batchnorms and not any(layer.trainable for layer in batchnorms)
+    backbone_bn = [layer for layer in batchnorms if layer.name != "head_bn"]
+    assert backbone_bn and not any(layer.trainable for layer in backbone_bn)
+    assert model.get_layer("head_bn").trainable  # the head's BatchNorm keeps training in phase 2
     assert model.get_layer("conv5_block1_1_conv").trainable and model.get_layer("conv5_block1_0_conv").trainable
     assert not model.get_layer("conv4_block6_3_conv").trainable
     assert model.get_layer("head_dense").trainable

@@ -131,7 +131,7 @@ def test_run_notebooks_selects_by_number_or_name(tmp_path):
         select_notebooks(tmp_path, ["07"])
 
 
-def test_run_notebooks_names_the_failing_cell(tmp_path):
+def test_run_notebooks_names_the_failing_cell(tmp_path, capfd):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
@@ -147,3 +147,24 @@ def test_run_notebooks_names_the_failing_cell(tmp_path):
     executed = nbformat.read(str(tmp_path / "out" / "01_broken.ipynb"), as_version=4)
     assert executed.cells[1].outputs[0]["output_type"] == "error"
     assert nbformat.read(str(source), as_version=4).cells[1].outputs == []  # the source is untouched
+    assert "without encryption" not in capfd.readouterr().err  # the kernel's start-up warning is silenced
+
+
+def test_run_notebooks_stores_the_final_text_of_progress_bars():
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from wbc.run_notebooks import WIDGET_STATE, WIDGET_VIEW, finalise_progress_bars
+
+    def model(name, **state):
+        return {"model_name": name, "model_module": "@jupyter-widgets/controls", "state": state}
+
+    state = {"box": model("HBoxModel", children=["IPY_MODEL_left", "IPY_MODEL_bar", "IPY_MODEL_right"]),
+             "left": model("HTMLModel", value="demo\u2007images:\u2007100%"),
+             "bar": model("FloatProgressModel", value=8.0, max=8.0),
+             "right": model("HTMLModel", value="\u20078/8\u2007[00:01&lt;00:00]")}
+    cell = new_code_cell("run()", outputs=[new_output("display_data", data={
+        WIDGET_VIEW: {"model_id": "box", "version_major": 2, "version_minor": 0},
+        "text/plain": "demo images:   0%|          | 0/8 [00:00<?, ?img/s]"})])
+    nb = new_notebook(cells=[cell], metadata={"widgets": {WIDGET_STATE: {"state": state}}})
+    assert finalise_progress_bars(nb) == 1
+    assert cell.outputs[0]["data"]["text/plain"] == "demo images: 100%|##########| 8/8 [00:01<00:00]"

@@ -38,6 +38,8 @@ class Profile:
     fine_tune_epochs: int  # second phase of ResNet50 fine-tuning
     learning_rate: float
     study_epochs: int  # epochs per configuration in the hyperparameter study
+    cnn_epochs: int = 1  # epochs of the small from-scratch models (cnn1, cnn2, small_resnet): fast, need more
+    cnn_min_epochs: int = 0  # EarlyStopping never stops those before this epoch
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,11 +47,14 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile("ci", demo_per_class=12, cap=1300, image_size=64, preprocess_size=96,
-                  batch_size=16, epochs=1, fine_tune_epochs=1, learning_rate=1e-3, study_epochs=1),
+                  batch_size=16, epochs=1, fine_tune_epochs=1, learning_rate=1e-3, study_epochs=1,
+                  cnn_epochs=1, cnn_min_epochs=0),
     "demo": Profile("demo", demo_per_class=40, cap=1300, image_size=96, preprocess_size=128,
-                    batch_size=32, epochs=6, fine_tune_epochs=2, learning_rate=1e-3, study_epochs=3),
+                    batch_size=32, epochs=6, fine_tune_epochs=2, learning_rate=1e-3, study_epochs=8,
+                    cnn_epochs=20, cnn_min_epochs=10),
     "full": Profile("full", demo_per_class=40, cap=1300, image_size=128, preprocess_size=400,
-                    batch_size=32, epochs=10, fine_tune_epochs=5, learning_rate=1e-3, study_epochs=10),
+                    batch_size=32, epochs=10, fine_tune_epochs=5, learning_rate=1e-3, study_epochs=10,
+                    cnn_epochs=40, cnn_min_epochs=15),
 }
 
 

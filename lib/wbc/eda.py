@@ -31,16 +31,32 @@ def sample_groups(manifest: pd.DataFrame, n: int, by: Sequence[str] = ("label", 
     return pd.concat(parts, ignore_index=True) if parts else manifest.head(0)
 
 
+def class_order(names: Sequence[str]) -> list[str]:
+    """``names`` in the course's class order: Study A's Table I order for the ten classes
+    (``labels.WBC10_CLASSES``), Study B's for the ALL classes, other names sorted after them."""
+    from wbc.labels import ALL_CLASSES, WBC10_CLASSES
+
+    names = [str(n) for n in names]
+    known = [c for c in (*WBC10_CLASSES, *ALL_CLASSES) if c in names]
+    return known + sorted(set(names) - set(known))
+
+
 def plot_class_distribution(manifest: pd.DataFrame, by: str = "source", label: str = "label",
                             title: str = "Images per class") -> Figure:
-    """Grouped horizontal bars: images per class, one colour per ``by`` value (source or version)."""
+    """Grouped horizontal bars: images per class, one colour per ``by`` value (source or version).
+
+    Classes run top to bottom in the order of the published tables (:func:`class_order`); the
+    legend sits outside the plot, right of the bars, so it never hides one.
+    """
     counts = class_counts(manifest, by, label).drop(index="total", columns="total")
-    fig = Figure(figsize=(8, 0.45 * len(counts) + 1.5))
+    counts = counts.reindex(class_order(counts.index))
+    fig = Figure(figsize=(9, 0.45 * len(counts) + 1.5), layout="constrained")
     ax = fig.subplots()
     counts.plot.barh(ax=ax, width=0.8)
     ax.invert_yaxis()
     ax.set(title=title, xlabel="images", ylabel="class")
-    ax.legend(title=by)
+    ax.legend(title=by, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.margins(x=0.08)  # room for the count written after the longest bar
     for container in ax.containers:
         ax.bar_label(container, fontsize=7, padding=2)
     return fig
@@ -57,7 +73,7 @@ def plot_preview_grid(manifest: pd.DataFrame, per_group: int = 3, by: str = "sou
                       label: str = "label", seed: int = 0, title: str = "Examples per class") -> Figure:
     """One row per class, ``per_group`` images of each ``by`` value side by side, captioned."""
     sample = sample_groups(manifest, per_group, (label, by), seed)
-    classes = sorted(sample[label].unique())
+    classes = class_order(sample[label].unique())
     groups = sorted(sample[by].unique())
     ncols = per_group * len(groups)
     fig = Figure(figsize=(1.4 * ncols + 1.5, 1.45 * len(classes) + 0.5), layout="constrained")
@@ -118,7 +134,7 @@ def image_size_table(stats: pd.DataFrame, by: str = "source") -> pd.DataFrame:
 def plot_brightness_histograms(stats: pd.DataFrame, by: str = "source", bins: int = 30,
                                title: str = "Mean brightness per image") -> Figure:
     """Overlaid histograms of per-image mean brightness (0-255), one per ``by`` value."""
-    fig = Figure(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     for group, part in stats.groupby(by):
         ax.hist(part["brightness"], bins=bins, range=(0, 255), alpha=0.5, label=f"{group} (n={len(part)})")
@@ -149,7 +165,7 @@ def plot_colour_histograms(hist: pd.DataFrame, by: str = "source",
                            title: str = "Pixel colour distribution") -> Figure:
     """One panel per ``by`` value with the red, green and blue pixel histograms."""
     groups = sorted(hist[by].unique())
-    fig = Figure(figsize=(4 * len(groups), 3.4))
+    fig = Figure(figsize=(4 * len(groups), 3.6), layout="constrained")  # room for the suptitle
     axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True, squeeze=False)[0])
     for ax, group in zip(axes, groups):
         for channel in CHANNELS:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from wbc.fileio import file_digest, write_csv_atomic, write_text_atomic
 RUN_FILES = ("model.keras", "config.json", "history.csv")
 REQUEST_FILE = "request.json"
 # Settings that change how a run is displayed, not what it learns: left out of the fingerprint.
-_NOT_FINGERPRINTED = {"verbose"}
+_NOT_FINGERPRINTED = {"verbose", "overwrite"}
 GRID_COLUMNS = ["config", "factor", "value", "seed", "accuracy", "macro_f1", "params", "seconds", "run_dir"]
 
 
@@ -51,15 +52,33 @@ def profile_train_defaults(ctx: Any) -> dict:
             "lr": p.learning_rate, "seed": ctx.seed, "verbose": 2}
 
 
+def train_defaults() -> dict:
+    """``wbc.train.train_model``'s keyword defaults (what a run gets for every setting not passed)."""
+    import inspect
+
+    from wbc.train import train_model
+
+    return {name: p.default for name, p in inspect.signature(train_model).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
 def training_request(model_name: str, split_dir: str | Path, train_kwargs: dict) -> dict:
     """A JSON-able fingerprint of a training request: model, split file digests, settings."""
     split_dir = Path(split_dir)
     digests = {name: file_digest(split_dir / name)[:16]
                for name in ("train.csv", "val.csv", "classes.txt") if (split_dir / name).is_file()}
+    # train_model's defaults filled in: passing a default explicitly or leaving it out is the same request
+    resolved = {**train_defaults(), **train_kwargs}
     settings = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                for k, v in sorted(train_kwargs.items()) if k not in _NOT_FINGERPRINTED}
+                for k, v in sorted(resolved.items()) if k not in _NOT_FINGERPRINTED}
     return {"model_name": model_name, "split_dir": str(split_dir.resolve()), "split_digests": digests,
             "settings": settings}
+
+
+def _imagenet_cached() -> bool:
+    from wbc.models import imagenet_cache_path
+
+    return imagenet_cache_path().is_file()
 
 
 def _saved_request(run_dir: Path) -> dict | None:
@@ -80,6 +99,11 @@ def train_or_reuse(run_dir: str | Path, model_name: str, split_dir: str | Path, 
     if not (split_dir / "train.csv").is_file():
         raise WbcError(f"{split_dir}: no train.csv here; build the split first "
                        "(course.ensure_splits or `python -m wbc split`).")
+    if train_kwargs.get("weights") == "auto":  # resolved only when the run must be trained
+        saved = _saved_request(run_dir) if run_is_complete(run_dir) and not rebuild else None
+        saved_weights = (saved or {}).get("settings", {}).get("weights")
+        if saved_weights == "imagenet" or (saved_weights == "none" and not _imagenet_cached()):
+            train_kwargs = {**train_kwargs, "weights": saved_weights}
     request = training_request(model_name, split_dir, train_kwargs)
     if run_is_complete(run_dir) and not rebuild:
         if _saved_request(run_dir) == request:
@@ -90,6 +114,11 @@ def train_or_reuse(run_dir: str | Path, model_name: str, split_dir: str | Path, 
         print(f"{run_dir}: incomplete run (interrupted?): training again.")
     from wbc.train import train_model
 
+    if train_kwargs.get("weights") == "auto":
+        from wbc.models import resolve_weights
+
+        train_kwargs = {**train_kwargs, "weights": resolve_weights("auto")}
+        request = training_request(model_name, split_dir, train_kwargs)
     print(f"Training {model_name} into {run_dir} ...")
     train_model(split_dir, model_name, run_dir, overwrite=True, **train_kwargs)
     write_text_atomic(run_dir / REQUEST_FILE, json.dumps(request, indent=2))
@@ -126,17 +155,17 @@ def ensure_main_run(ctx: Any, weights: str | Path | None = "auto", *, rebuild: b
     """The course's main run: Study A's ResNet50 on wbc10, two phases (notebooks 10, 11, 13).
 
     ``weights`` goes through ``wbc.models.resolve_weights`` (``"auto"``: ImageNet when it can
-    be had, else random weights with a loud warning). ``overrides`` (``None`` values ignored)
+    be had, else random weights with a loud warning), and only when the run must be trained: a
+    finished run is reused without looking for the weights again. ``overrides`` (``None`` values ignored)
     change the course defaults; a run with changed settings gets its own folder name, so the
     default run the other notebooks reuse is left alone.
     """
     from wbc.course import ensure_splits
-    from wbc.models import resolve_weights
 
     changed = {k: v for k, v in overrides.items() if v is not None and MAIN_RUN_DEFAULTS.get(k) != v}
     settings = {**MAIN_RUN_DEFAULTS, "fine_tune_epochs": ctx.profile.fine_tune_epochs, **changed}
     name = MAIN_RUN if not changed else f"{MAIN_RUN}-{_short_hash(changed)}"
-    return ensure_run(ctx, name, "resnet50", ensure_splits(ctx, "wbc10"), weights=resolve_weights(weights),
+    return ensure_run(ctx, name, "resnet50", ensure_splits(ctx, "wbc10"), weights=weights,
                       rebuild=rebuild, **settings)
 
 
@@ -146,7 +175,21 @@ def ensure_baselines(ctx: Any, models: Iterable[str] = ("cnn1", "cnn2"), dataset
     from wbc.course import ensure_splits
 
     split_dir = ensure_splits(ctx, dataset)
-    return {m: ensure_run(ctx, f"{dataset}_{m}", m, split_dir, **train_kwargs) for m in models}
+    return {m: ensure_run(ctx, f"{dataset}_{m}", m, split_dir, **{**small_model_defaults(ctx), **train_kwargs})
+            for m in models}
+
+
+def small_model_defaults(ctx: Any) -> dict:
+    """Epoch budget of the small from-scratch models (cnn1, cnn2, small_resnet): the profile's
+    ``cnn_epochs`` (they train fast, ~700 images/s on 2 cores, and need many epochs), with
+    EarlyStopping not before ``cnn_min_epochs``. An ``EPOCHS`` set in a notebook wins."""
+    from wbc.config import PROFILES
+
+    p = ctx.profile
+    base = PROFILES.get(p.name)
+    overridden = base is not None and p.epochs != base.epochs
+    epochs = p.epochs if overridden else p.cnn_epochs
+    return {"epochs": epochs, "min_epochs": min(p.cnn_min_epochs, epochs)}
 
 
 def _short_hash(settings: dict) -> str:
@@ -197,12 +240,25 @@ def measured_result(ctx: Any, run_dir: str | Path, metrics: dict, task: str | No
     epochs = int(config.get("epochs_run", config.get("epochs", 0)))
     low, high = metrics.get("ci95", {}).get("accuracy", (float("nan"), float("nan")))
     data = "demo data (synthetic)" if ctx.is_demo else f"{Path(ctx.data_dir).name}: {', '.join(ctx.datasets)}"
-    weights = f", {config.get('weights')} weights" if config.get("model") == "resnet50" else ""
     return {"kind": "measured", "study": "this course", "task": task or ctx.dataset,
-            "model": f"{config.get('model')}{weights}", "accuracy": round(float(metrics["accuracy"]), 4),
+            "model": model_label(config), "accuracy": round(float(metrics["accuracy"]), 4),
             "macro_f1": round(float(metrics["macro_f1"]), 4), "accuracy_ci95": f"{low:.3f}-{high:.3f}",
             "data": f"{data} (test {metrics.get('n_images')})", "profile": ctx.profile.name,
             "image_size": config.get("image_size"), "epochs": epochs, "framework": "Keras / TensorFlow"}
+
+
+MODEL_LABELS = {"cnn1": "CNN1", "cnn2": "CNN2", "resnet50": "ResNet50", "small_resnet": "small ResNet"}
+
+
+def model_label(config: dict) -> str:
+    """A readable model name from a run's config: "CNN2", "ResNet50, ImageNet", "ResNet50, random init"."""
+    name = MODEL_LABELS.get(str(config.get("model")), str(config.get("model")))
+    if config.get("model") != "resnet50":
+        return name
+    weights = config.get("weights")
+    if weights in (None, "none", "None", ""):
+        return f"{name}, random init"
+    return f"{name}, ImageNet" if weights == "imagenet" else f"{name}, weights {Path(str(weights)).name}"
 
 
 def comparison_table(measured: list[dict], study: str | None = None) -> pd.DataFrame:
@@ -335,6 +391,10 @@ def run_grid(split_dir: str | Path, model_name: str, configs: list[GridConfig], 
     from tqdm.auto import tqdm
 
     for config, seed in tqdm(todo, desc="grid", disable=not progress):
+        if "keras" in sys.modules:  # forget the previous models and their traced functions
+            import keras
+
+            keras.backend.clear_session()
         run_dir = out_dir / "runs" / f"{config.slug}-seed{seed}"
         start = time.perf_counter()
         params = to_kwargs(config.params) if to_kwargs else config.params
@@ -466,9 +526,7 @@ def external_weights(model_name: str, weights: str | Path | None = "auto") -> st
     """Backbone weights for the external-validation model: resolved for resnet50, none otherwise."""
     if model_name != "resnet50":
         return None
-    from wbc.models import resolve_weights
-
-    return resolve_weights(weights)
+    return weights  # "auto" is resolved by train_or_reuse, only when the run must be trained
 
 
 def source_pairs(internal: pd.DataFrame, external: pd.DataFrame, classes: list[str],

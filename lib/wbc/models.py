@@ -24,6 +24,8 @@ RESNET50_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applicati
 RESNET50_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # the hash Keras itself checks
 HEAD_LAYERS = ("head_bn", "head_dense", "head_dropout", "predictions")
 _BLOCK = re.compile(r"^(conv\d_block\d+)_")
+# Every ResNet50 backbone layer is named conv1_*, convN_blockM_* or poolN_*; head layers are not.
+_BACKBONE_LAYER = re.compile(r"^(conv\d|pool\d)_")
 
 
 def model_preprocessing(name: str) -> str:
@@ -60,10 +62,11 @@ def fetch_imagenet_weights() -> Path:
             f"could not get the ResNet50 ImageNet weights ({type(exc).__name__}: {exc}).\n"
             f"  URL:   {RESNET50_NOTOP_URL}\n"
             f"  cache: {imagenet_cache_path()}\n"
-            "Either download that file on a machine with network access and pass it with "
-            "--weights PATH (or copy it to the cache path above), or train from random "
-            "initialisation, knowingly, with --weights none (expect much lower accuracy; see "
-            "the CPU recipe with --model small_resnet).") from exc
+            "Either download that file on a machine with network access and pass its path "
+            "(command line: --weights PATH; notebooks: WEIGHTS = \"PATH\" in the parameters cell), "
+            "or copy it to the cache path above; or train from random initialisation, knowingly "
+            "(--weights none; WEIGHTS = \"none\"), and expect much lower accuracy (see the CPU "
+            "recipe in README.md).") from exc
 
 
 def resolve_weights(weights: str | Path | None) -> str | Path | None:
@@ -167,9 +170,11 @@ def unfreeze_top(model: "keras.Model", n_blocks: int | None = None,
 
     ``n_blocks`` (if given) counts residual blocks from the top (ResNet50: 3 in stage 5, 6 in
     stage 4); otherwise every block from the one holding ``from_layer`` upwards. Every
-    BatchNormalization layer stays frozen (keras-io fine-tuning recipe: updating their moving
-    statistics on a small dataset with a low learning rate destroys what was learned).
-    Recompile the model afterwards.
+    BatchNormalization layer of the backbone stays frozen (keras-io fine-tuning recipe: updating
+    their moving statistics on a small dataset with a low learning rate destroys what was
+    learned). The head's BatchNorm, trained in phase 1, is left as it is: freezing it at the
+    phase boundary would switch it to its (lagging) moving averages, and training accuracy
+    would drop while the loss jumps. Recompile the model afterwards.
     """
     import keras
 
@@ -192,7 +197,8 @@ def unfreeze_top(model: "keras.Model", n_blocks: int | None = None,
     unfrozen = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+            if _BACKBONE_LAYER.match(layer.name):
+                layer.trainable = False
             continue
         m = _BLOCK.match(layer.name)
         if m and m.group(1) in chosen:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -42,7 +43,7 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike | None = None,
     When the table has a ``phase`` column (e.g. frozen base, then fine-tuning), a dashed line
     marks where each new phase starts. Epochs are numbered by row, so phases run on.
     """
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(11, 4.2), layout="constrained")  # keeps the suptitle clear of the panel titles
     axes = fig.subplots(1, 2)
     epochs = np.arange(1, len(history) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -139,22 +140,57 @@ def plot_roc(y_true, probs, classes: Sequence[str], path: str | os.PathLike | No
     return _finish(fig, path)
 
 
+def _wrap_caption(caption: str, width: int) -> str:
+    """Break a long caption into lines of at most ``width`` characters (existing breaks kept)."""
+    return "\n".join(textwrap.fill(line, width) or line for line in str(caption).splitlines() or [""])
+
+
+def add_heatmap_colorbar(fig: Figure, axes=None, cmap: str = "jet", label: str = "Grad-CAM importance",
+                         vmin: float = 0.0, vmax: float = 1.0, ticks: Sequence[float] | None = None):
+    """Add one colour bar for heat-map overlays to ``fig`` (beside ``axes``: default all of them).
+
+    The default ``cmap`` "jet" is matplotlib's version of OpenCV's ``COLORMAP_JET``, the map
+    :func:`wbc.gradcam.overlay_heatmap` uses: blue is low, red is high, on the heat map's 0-1
+    scale. Returns the colour bar.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    axes = list(np.atleast_1d(fig.axes if axes is None else axes).ravel())
+    mappable = ScalarMappable(norm=Normalize(vmin=vmin, vmax=vmax), cmap=cmap)
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.6, aspect=30, label=label)
+    ticks = [vmin, (vmin + vmax) / 2, vmax] if ticks is None else list(ticks)
+    bar.set_ticks(ticks)
+    if vmin == 0.0 and vmax == 1.0 and ticks == [0.0, 0.5, 1.0]:
+        bar.set_ticklabels(["0 (low)", "0.5", "1 (high)"])
+    return bar
+
+
 def plot_image_gallery(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 4,
-                       path: str | os.PathLike | None = None, title: str = "Images") -> Figure:
-    """A grid of RGB ``uint8`` images with one caption each (e.g. true / predicted / confidence)."""
+                       path: str | os.PathLike | None = None, title: str = "Images",
+                       colorbar_cmap: str | None = None,
+                       colorbar_label: str = "Grad-CAM importance") -> Figure:
+    """A grid of RGB ``uint8`` images with one caption each (e.g. true / predicted / confidence).
+
+    Long captions are wrapped so that neighbouring ones do not run into each other.
+    ``colorbar_cmap`` (e.g. "jet" for :func:`wbc.gradcam.overlay_heatmap` images) adds one colour
+    bar for the heat-map scale, labelled ``colorbar_label`` (see :func:`add_heatmap_colorbar`).
+    """
     images = list(images)
     if len(titles) != len(images):
         raise WbcError(f"{len(titles)} titles for {len(images)} images: give one caption per image")
     ncols = max(1, min(ncols, len(images) or 1))
     nrows = max(1, math.ceil(len(images) / ncols))
-    fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows + 0.4))
+    fig = Figure(figsize=(2.6 * ncols + (1.0 if colorbar_cmap else 0.0), 2.9 * nrows + 0.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for ax in axes:
         ax.axis("off")
     for ax, image, caption in zip(axes, images, titles):
         ax.imshow(image)
-        ax.set_title(caption, fontsize=8)
+        ax.set_title(_wrap_caption(caption, 30), fontsize=8)
     if not images:
         axes[0].text(0.5, 0.5, "no images to show", ha="center", va="center", transform=axes[0].transAxes)
+    if colorbar_cmap and images:
+        add_heatmap_colorbar(fig, axes, cmap=colorbar_cmap, label=colorbar_label)
     fig.suptitle(title)
     return _finish(fig, path)

@@ -17,6 +17,12 @@ from wbc import config
 from wbc.errors import WbcError
 
 
+# The kernel runs on this machine and talks to us over local TCP; its start-up log warns that
+# the connection is not encrypted, once per notebook. Raise its log level to ERROR: the kernel's
+# own errors still reach stderr, and errors in cells arrive as cell outputs (and stop the run).
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
+
+
 def notebook_dir() -> Path:
     """The ``notebooks/`` folder of the checkout."""
     root = config.repo_root()
@@ -48,7 +54,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> float:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=list(KERNEL_ARGUMENTS),
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     try:
@@ -61,6 +67,45 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> float:
     seconds = time.perf_counter() - start
     _write(nb, out_dir / path.name)
     return seconds
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def progress_text(state: dict, model_id: str) -> str | None:
+    """The final text of a tqdm notebook bar (an HBox of HTML, FloatProgress, HTML widgets), or None."""
+    import html
+
+    box = state.get(model_id, {})
+    if box.get("model_name") != "HBoxModel":
+        return None
+    parts = [state.get(str(c).removeprefix("IPY_MODEL_"), {}) for c in box.get("state", {}).get("children", [])]
+    texts = [html.unescape(str(w["state"].get("value", ""))).replace("\u2007", " ") for w in parts
+             if w.get("model_name") == "HTMLModel"]
+    bars = [w["state"] for w in parts if w.get("model_name") == "FloatProgressModel"]
+    if len(texts) != 2 or len(bars) != 1:
+        return None
+    done = round(10 * bars[0].get("value", 0) / bars[0]["max"]) if bars[0].get("max") else 0
+    return f"{texts[0]}|{'#' * done}{' ' * (10 - done)}|{texts[1]}"
+
+
+def finalise_progress_bars(nb) -> int:
+    """Give each progress-bar widget output the bar's final text as its plain-text version.
+
+    A widget's ``text/plain`` is captured when the bar appears ("0/1444"); viewers that do not
+    run widgets (GitHub, plain-text diffs) would show that forever. Returns how many were fixed.
+    """
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    fixed = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            text = progress_text(state, view.get("model_id", "")) if view else None
+            if text is not None:
+                output["data"]["text/plain"] = text
+                fixed += 1
+    return fixed
 
 
 def _failed_cell(nb) -> str:
@@ -83,6 +128,7 @@ def _write(nb, target: Path) -> None:
 
     from wbc.fileio import atomic_path
 
+    finalise_progress_bars(nb)
     with atomic_path(target) as tmp:
         nbformat.write(nb, str(tmp))
 

@@ -272,7 +272,8 @@ def train_model(split_dir: str | Path, model_name: str, out_dir: str | Path, *,
             if fine_tune_epochs:
                 phase["phase"] = 2
                 unfrozen = unfreeze_top(model, n_blocks=fine_tune_blocks)
-                log.info("phase 2: %d layers unfrozen (BatchNorm kept frozen), lr %g", len(unfrozen), fine_tune_lr)
+                log.info("phase 2: %d layers unfrozen (backbone BatchNorm kept frozen), lr %g",
+                         len(unfrozen), fine_tune_lr)
                 with strategy.scope():
                     model.compile(optimizer=keras.optimizers.Adam(fine_tune_lr),
                                   loss="categorical_crossentropy", metrics=["accuracy"])
