@@ -9,8 +9,8 @@ import pytest
 
 from wbc.cli import main as cli_main
 from wbc.errors import WbcError
-from wbc.split import (SPLITS, audit_splits, duplicate_groups, hamming, perceptual_hash,
-                       split_manifest)
+from wbc.split import (PHASH_THRESHOLD, PIXEL_THRESHOLD, SPLITS, audit_splits, content_hashes, duplicate_groups,
+                       hamming, near_duplicate_pairs, perceptual_hash, pixel_distance, split_manifest)
 
 
 def random_hashes(n: int, seed: int = 0) -> list[str]:
@@ -44,6 +44,28 @@ def cell_image(seed: int, size: int = 96) -> np.ndarray:
     return img
 
 
+def look_alike_cell(seed: int, size: int = 96) -> np.ndarray:
+    """Like the demo cells: a smooth background and one centred round cell, the same for every
+    seed; only the nucleus (position and size) differs."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = np.linspace(215, 235, size).astype(np.uint8)[None, :, None]
+    c = size // 2
+    cv2.circle(img, (c, c), size // 3, (205, 170, 200), -1, cv2.LINE_AA)
+    dx, dy = (int(v) for v in rng.integers(-size // 8, size // 8 + 1, 2))
+    cv2.circle(img, (c + dx, c + dy), int(rng.integers(size // 10, size // 6)), (110, 60, 140), -1, cv2.LINE_AA)
+    return img
+
+
+def write_images(folder, images: dict[str, np.ndarray]) -> list[str]:
+    paths = []
+    for name, img in images.items():
+        paths.append(str(folder / name))
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95] if name.endswith(".jpg") else []
+        assert cv2.imwrite(paths[-1], img, params)
+    return paths
+
+
 # ----------------------------------------------------------------------------- hashes
 
 def test_perceptual_hash_is_stable_under_reencoding_and_resizing():
@@ -60,16 +82,59 @@ def test_perceptual_hash_is_stable_under_reencoding_and_resizing():
 
 
 def test_groups_join_exact_and_near_duplicates_and_ignore_row_order():
+    # pixel_threshold=None: hashes alone (the paths are made up, no file is read)
     df = synthetic_manifest({"a": 5, "b": 5})
     df.loc[3, "sha256"] = df.loc[0, "sha256"]  # byte-identical copy
     near = int(df.loc[1, "phash"], 16) ^ 0b101  # 2 bits away: a re-encoded copy
     df.loc[7, "phash"] = f"{near:016x}"
-    groups = duplicate_groups(df)
+    groups = duplicate_groups(df, pixel_threshold=None)
     assert groups[0] == groups[3] and groups[1] == groups[7]
     assert groups.nunique() == len(df) - 2
     assert duplicate_groups(df, phash_threshold=None)[1] != duplicate_groups(df, phash_threshold=None)[7]
     shuffled = df.sample(frac=1, random_state=3)
-    assert (duplicate_groups(shuffled).sort_index() == groups).all()
+    assert (duplicate_groups(shuffled, pixel_threshold=None).sort_index() == groups).all()
+
+
+def test_reencoded_and_resized_copies_are_confirmed_near_duplicates(tmp_path):
+    img = cell_image(1)
+    small = cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA)
+    paths = write_images(tmp_path, {
+        "a.png": img,
+        "a_q70.jpg": cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_COLOR),
+        "a_150.png": cv2.resize(img, (150, 150)),
+        "a_64_q50.jpg": cv2.imdecode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 50])[1], cv2.IMREAD_COLOR),
+        "b.png": cell_image(2)})
+    df = pd.DataFrame({"path": paths, "label": ["x", "x", "x", "x", "x"]})
+    groups = duplicate_groups(df)
+    assert groups[:4].nunique() == 1 and groups[4] != groups[0]
+    assert pixel_distance(img, img) == 0.0
+    assert pixel_distance(img, cv2.resize(img, (150, 150))) < PIXEL_THRESHOLD
+
+
+def test_look_alike_cells_with_colliding_hashes_are_not_grouped(tmp_path):
+    """Different pictures whose hashes collide (a smooth background, one centred cell: the demo
+    data's case) are candidates only; the pixel check keeps them apart, even along a chain."""
+    images = {f"cell_{s}.png": look_alike_cell(s) for s in range(6)}
+    paths = write_images(tmp_path, images)
+    base = int(perceptual_hash(images["cell_0.png"]), 16)
+    # a chain of candidates: each hash 2 bits from the next, so all within reach of union-find
+    chain = [f"{base ^ ((1 << (2 * k)) - 1):016x}" for k in range(6)]
+    df = pd.DataFrame({"path": paths, "label": ["lymphocyte", "monocyte"] * 3,
+                       "sha256": [f"{i:064x}" for i in range(6)], "phash": chain})
+    assert len(list(near_duplicate_pairs(chain, PHASH_THRESHOLD))) >= 5
+    assert duplicate_groups(df, pixel_threshold=None).nunique() == 1  # hashes alone: one chained group
+    assert duplicate_groups(df).nunique() == 6
+    for a, b in zip(paths, paths[1:]):
+        assert pixel_distance(cv2.imread(a), cv2.imread(b)) >= PIXEL_THRESHOLD
+    splits = split_manifest(df, (0.5, 0.25, 0.25), seed=0)
+    assert splits.dropped.empty and not (audit_splits(splits)["kind"] == "cross_label").any()
+
+
+def test_unreadable_candidate_is_a_user_error(tmp_path):
+    df = pd.DataFrame({"path": [str(tmp_path / "gone_1.png"), str(tmp_path / "gone_2.png")], "label": "x",
+                       "sha256": ["1", "2"], "phash": ["00000000000000ff", "00000000000000fe"]})
+    with pytest.raises(WbcError, match="gone_1.png"):
+        duplicate_groups(df)
 
 
 def test_original_and_segmented_versions_of_one_picture_share_a_group():
@@ -93,12 +158,10 @@ def test_hashes_are_computed_from_the_files_when_missing(tmp_path):
 
 
 def test_all_digit_hashes_parsed_as_numbers_by_pandas_still_work():
-    from wbc.split import content_hashes
-
     df = pd.DataFrame({"path": ["a", "b"], "label": "x", "sha256": ["1", "2"],
                        "phash": [34567890123456, 34567890123457]})  # "0034567890123456" read as an int
     assert content_hashes(df)["phash"].tolist() == ["0034567890123456", "0034567890123457"]
-    assert duplicate_groups(df).nunique() == 1  # 1 bit apart: near duplicates
+    assert duplicate_groups(df, pixel_threshold=None).nunique() == 1  # 1 bit apart: near-duplicate candidates
 
 
 # ----------------------------------------------------------------------------- split_manifest
@@ -272,3 +335,57 @@ def test_cli_preprocess_then_split_on_demo_data(demo_root, tmp_path, capsys):
     assert classes == sorted(set().union(*(set(p["label"]) for p in parts.values())))
     assert not (audit["kind"] == "across_splits").any()
     assert "total" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_class", [12, 40])  # the ci and demo profiles' demo data
+def test_demo_data_has_only_the_planted_duplicate_groups(tmp_path, per_class):
+    """The demo cells share smooth backgrounds and centred cells, so many different pairs have
+    hashes within 4 bits; only the planted copies may be grouped: the cross-class PBC pair
+    and the ALL Pro pair. ALL as the course uses it (``all4``: Original only)."""
+    from wbc.demo import generate_demo
+    from wbc.readers import read_all, read_lmu, read_pbc
+
+    written = generate_demo(tmp_path, per_class=per_class, seed=0)
+    manifest = pd.concat([read_pbc(tmp_path / "PBC_dataset_normal_DIB")[0],
+                          read_lmu(tmp_path / "AML-Cytomorphology_LMU")[0],
+                          read_all(tmp_path / "ALL_Kaggle", version="Original")[0]], ignore_index=True)
+    hashed = content_hashes(manifest)
+    candidates = [(i, j) for i, j in near_duplicate_pairs(hashed["phash"].tolist())
+                  if hashed.at[i, "sha256"] != hashed.at[j, "sha256"]]
+    assert candidates  # different pictures with colliding hashes: the pixel check has work to do
+    groups = duplicate_groups(hashed)
+    found = {frozenset(g["path"]) for _, g in hashed.groupby(groups) if len(g) > 1}
+    planted = written[written["quirk"].isin(["duplicate_across_classes", "duplicate_pair"])
+                      & ~written["path"].str.contains("/Segmented/")]
+    assert found == {frozenset(g["path"]) for _, g in planted.groupby("quirk")}
+
+
+def test_real_sample_copies_are_confirmed_and_different_images_are_not(real_sample):
+    """Thresholds measured on the real sample: each image's re-encoded and resized copies
+    (when their hash stays within the threshold) are confirmed, and no two different images
+    are, even among pairs whose hashes lie up to 10 bits apart."""
+    from wbc.preprocess import read_image
+    from wbc.split import thumbnail, thumbnail_distance
+
+    paths = sorted(p for p in real_sample.rglob("*") if p.suffix.lower() in (".jpg", ".tiff")
+                   and not p.name.startswith("."))
+    images = [read_image(p) for p in paths]
+    hashes = [perceptual_hash(img) for img in images]
+    thumbs = [thumbnail(img) for img in images]
+    different = [thumbnail_distance(thumbs[i], thumbs[j]) for i, j in near_duplicate_pairs(hashes, 10)
+                 if not np.array_equal(images[i], images[j])]  # byte-identical pairs aside
+    assert len(different) > 5 and min(different) >= PIXEL_THRESHOLD
+
+    def jpeg(img, side, quality):
+        small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+        return cv2.imdecode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_UNCHANGED)
+
+    candidates = confirmed = 0
+    for k in range(0, len(images), 3):
+        img = images[k]
+        for copy in (jpeg(img, 128, 75), jpeg(img, 64, 50), cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2))):
+            if hamming(perceptual_hash(copy), hashes[k]) <= PHASH_THRESHOLD:
+                candidates += 1
+                confirmed += thumbnail_distance(thumbs[k], thumbnail(copy)) < PIXEL_THRESHOLD
+    assert candidates > 900 and confirmed == candidates

@@ -2,8 +2,9 @@
 
 Duplicates leak: the same cell in train and test inflates test accuracy. So images are first
 joined into *groups* (``duplicate_groups``): byte-identical files (same SHA-256), near
-duplicates (perceptual hashes within a few bits: re-encoded or resized copies) and, in the ALL
-dataset, the Original and Segmented versions of one picture. A group is then placed in one
+duplicates (re-encoded or resized copies: perceptual hashes within a few bits, confirmed by
+comparing small thumbnails pixel by pixel) and, in the ALL dataset, the Original and Segmented
+versions of one picture. A group is then placed in one
 split as a whole, class by class, with a seed (``split_manifest``). ``audit_splits`` lists
 every duplicate group and where it went, any group that spans splits (a leak) and any class
 missing from a split.
@@ -22,8 +23,14 @@ from wbc.fileio import file_digest
 
 SPLITS = ("train", "val", "test")
 CROSS_LABEL_POLICIES = ("drop_both", "keep_one", "report")
-#: Hamming distance (of 64 bits) up to which two perceptual hashes count as the same image.
+#: Hamming distance (of 64 bits) up to which two perceptual hashes make a near-duplicate *candidate*.
 PHASH_THRESHOLD = 4
+#: ``pixel_distance`` below which a near-duplicate candidate is confirmed as one picture.
+PIXEL_THRESHOLD = 0.4
+#: Side of the grayscale thumbnails compared by ``pixel_distance``, and of the blocks it averages over.
+THUMB_SIZE, THUMB_BLOCK = 32, 8
+#: Least divisor (gray levels) when normalising a thumbnail: low-contrast images are not blown up.
+_MIN_STD = 16.0
 AUDIT_COLUMNS = ("kind", "group", "labels", "splits", "n", "paths", "action")
 
 
@@ -50,15 +57,72 @@ def phash_gray(gray: np.ndarray) -> str:
 def perceptual_hash(img: np.ndarray) -> str:
     """64-bit DCT perceptual hash (16 hex digits) of an RGB or grayscale uint8 image.
 
-    Two images are *near duplicates* when their hashes differ in at most ``PHASH_THRESHOLD``
-    (4) of 64 bits. Measured on the real sample (1,069 images, ``bench/bench_preprocess.py
-    --scan``): a 128-px JPEG (quality 75) copy of an image lies 0-4 bits from it in 1,066
-    cases (6 bits in 3), while the closest two distinct images lie 8 bits apart (median
-    split hashes always differ by an even number of bits). So 4 catches copies and stays
-    clear of different cells; exact copies are caught by SHA-256 in any case.
+    Two images whose hashes differ in at most ``PHASH_THRESHOLD`` (4) of 64 bits are
+    near-duplicate *candidates*; ``pixel_distance`` then decides. Measured on the real sample
+    (1,069 images, ``bench/bench_preprocess.py --scan``): a 128-px JPEG (quality 75) copy of
+    an image lies 0-4 bits from it in 1,066 cases (6 bits in 3), while the closest two
+    distinct images lie 8 bits apart (median split hashes always differ by an even number of
+    bits). The hash alone is not enough, though: it keeps only the coarsest structure, and
+    images that share a smooth background and a centred round cell (the synthetic demo
+    cells, for one) collide within 4 bits although they are different pictures.
     """
     gray = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     return phash_gray(np.ascontiguousarray(gray))
+
+
+def thumbnail(img: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
+    """Normalised ``size`` x ``size`` grayscale thumbnail (float32) of an RGB or grayscale uint8 image.
+
+    The image is shrunk like ``phash_gray`` (Gaussian pyramid, then INTER_AREA), its mean gray
+    level subtracted and the result divided by its standard deviation, so a copy with other
+    brightness or contrast gives about the same thumbnail. The divisor is at least 16 gray
+    levels: an almost black image (some ALL Segmented ones) is not blown up into noise.
+    """
+    gray = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    gray = np.ascontiguousarray(gray)
+    while min(gray.shape[:2]) >= 4 * size:
+        gray = cv2.pyrDown(gray)
+    small = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small -= small.mean()
+    return small / max(float(small.std()), _MIN_STD)
+
+
+def thumbnail_distance(a: np.ndarray, b: np.ndarray, block: int = THUMB_BLOCK) -> float:
+    """Distance of two ``thumbnail`` results: the largest mean absolute difference over the
+    ``block`` x ``block`` squares that tile them (see ``pixel_distance``)."""
+    if a.shape != b.shape or a.shape[0] % block or a.shape[1] % block:
+        raise ValueError(f"thumbnails of shape {a.shape} and {b.shape} do not tile into {block}-px blocks")
+    diff = np.abs(a - b)
+    h, w = diff.shape
+    return float(diff.reshape(h // block, block, w // block, block).mean(axis=(1, 3)).max())
+
+
+def pixel_distance(img_a: np.ndarray, img_b: np.ndarray) -> float:
+    """How far apart two images are, pixel by pixel: 0 for the same picture.
+
+    Both images become 32x32 normalised grayscale thumbnails (``thumbnail``); the distance is
+    the largest, over the 16 blocks of 8x8 pixels, of the mean absolute difference in the
+    block (in standard deviations of the gray levels). A copy differs a little everywhere;
+    a different cell, however alike in outline, differs a lot somewhere (its nucleus), and
+    the largest block catches that where a mean over the whole image would dilute it.
+
+    A near-duplicate candidate counts as one picture below ``PIXEL_THRESHOLD`` (0.4).
+    Measured on the real sample (every image, against copies of itself whose hash
+    stays within 4 bits) and on the demo data (``wbc.demo.generate_demo`` with seed 0 and 12
+    or 40 images per class; some of the images): copies with brightness and contrast changed
+    (x0.9 + 10) lie at most 0.18 from the original, half-size copies 0.17, 128-px JPEG
+    (quality 75) copies 0.21 and 64-px JPEG (quality 50) copies 0.35 (ALL Segmented images,
+    mostly black, and small demo cells are the hardest). Different images, among all pairs
+    whose hashes differ in up to 10 bits, lie at least 0.79 apart on the real sample and
+    0.43 on the demo data; the demo's different pairs within 4 bits (cells on a smooth
+    background, alike in outline) at least 0.7.
+
+    Limit: two pictures that differ only in details far below the thumbnail's scale look
+    the same to it. The demo's ALL Segmented fields are such pictures (one round cell on
+    black, differing in single-pixel specks), so among them the check confirms look-alikes;
+    the course uses ALL Original only (``all4``), where this does not happen.
+    """
+    return thumbnail_distance(thumbnail(img_a), thumbnail(img_b))
 
 
 def hamming(a: str, b: str) -> int:
@@ -130,7 +194,8 @@ class _UnionFind:
 def near_duplicate_pairs(phashes: Sequence[str], threshold: int = PHASH_THRESHOLD) -> Iterator[tuple[int, int]]:
     """Index pairs ``(i, j)``, ``i < j``, whose hashes differ in at most ``threshold`` bits.
 
-    Compares all pairs with numpy in blocks (about 8 million comparisons per block), so
+    These are candidates only: ``confirmed_near_duplicate_pairs`` keeps the ones whose pixels
+    agree. Compares all pairs with numpy in blocks (about 8 million comparisons per block), so
     memory stays bounded: tens of thousands of images take seconds.
     """
     values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)
@@ -144,15 +209,51 @@ def near_duplicate_pairs(phashes: Sequence[str], threshold: int = PHASH_THRESHOL
             yield i, j
 
 
-def duplicate_groups(manifest: pd.DataFrame, phash_threshold: int | None = PHASH_THRESHOLD) -> pd.Series:
+def confirmed_near_duplicate_pairs(paths: Sequence[str], phashes: Sequence[str],
+                                   phash_threshold: int = PHASH_THRESHOLD,
+                                   pixel_threshold: float | None = PIXEL_THRESHOLD) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, that are near duplicates: a candidate from
+    ``near_duplicate_pairs`` (hashes within ``phash_threshold`` bits) whose images, read from
+    ``paths``, lie less than ``pixel_threshold`` apart (``pixel_distance``).
+
+    Only the images of candidate pairs are read, each once. ``pixel_threshold=None`` trusts
+    the hashes alone (no file is read). A candidate's unreadable file raises a WbcError
+    naming it.
+    """
+    from wbc.preprocess import read_image
+
+    candidates = list(near_duplicate_pairs(phashes, phash_threshold))
+    if pixel_threshold is None:
+        return candidates
+    thumbs: dict[int, np.ndarray] = {}
+
+    def thumb(i: int) -> np.ndarray:
+        if i not in thumbs:
+            try:
+                thumbs[i] = thumbnail(read_image(paths[i]))
+            except OSError as exc:
+                raise WbcError(f"{paths[i]}: cannot read ({exc.strerror or exc})") from None
+        return thumbs[i]
+
+    return [(i, j) for i, j in candidates if thumbnail_distance(thumb(i), thumb(j)) < pixel_threshold]
+
+
+def duplicate_groups(manifest: pd.DataFrame, phash_threshold: int | None = PHASH_THRESHOLD, *,
+                     pixel_threshold: float | None = PIXEL_THRESHOLD) -> pd.Series:
     """Group id per row (``Series`` named ``group``, aligned with ``manifest``).
 
     Rows share a group when they are linked, directly or through other rows, by: the same
-    ``sha256``; perceptual hashes within ``phash_threshold`` bits (None: exact copies only);
-    or, when the manifest has a ``version`` column (ALL: Original / Segmented), the same
-    source, class folder and file name in another version. Hashes are computed when missing.
-    Ids are numbered by each group's first path in sorted order, so they do not depend on
-    row order.
+    ``sha256``; near duplicates (``confirmed_near_duplicate_pairs``: perceptual hashes within
+    ``phash_threshold`` bits, None for exact copies only, and thumbnails of the images at
+    ``path`` less than ``pixel_threshold`` apart, None to trust the hashes alone); or, when
+    the manifest has a ``version`` column (ALL: Original / Segmented), the same source, class
+    folder and file name in another version. Hashes are computed when missing. Ids are
+    numbered by each group's first path in sorted order, so they do not depend on row order.
+
+    The pixel check matters because groups are chained: with hashes alone, pictures that
+    merely look alike at 8x8 frequencies (a smooth background, a centred cell) would link
+    into one group, and different cells of different classes would be kept together or
+    dropped as "label ambiguous".
     """
     if manifest.empty:
         return pd.Series([], index=manifest.index, name="group", dtype=int)
@@ -172,7 +273,8 @@ def duplicate_groups(manifest: pd.DataFrame, phash_threshold: int | None = PHASH
         for i, k in enumerate(key):
             uf.union(first.setdefault(k, i), i)
     if phash_threshold is not None:
-        for i, j in near_duplicate_pairs(df["phash"].astype(str).tolist(), phash_threshold):
+        for i, j in confirmed_near_duplicate_pairs(df["path"].astype(str).tolist(), df["phash"].astype(str).tolist(),
+                                                   phash_threshold, pixel_threshold):
             uf.union(i, j)
     roots = np.array([uf.find(i) for i in range(n)])
     paths = df["path"].astype(str).to_numpy()
