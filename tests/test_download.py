@@ -426,3 +426,14 @@ def test_cli_errors_exit_2(tmp_path, capsys, monkeypatch):
     assert "AML-Cytomorphology_LMU not found" in capsys.readouterr().err
     assert cli_main(["download", "all", "--data-dir", str(tmp_path), "--url", "http://x"]) == 2
     assert cli_main(["download", "pbc", "--data-dir", str(tmp_path), "--size", "64"]) == 2
+
+
+def test_incomplete_zip_without_checksum_is_not_accepted(server, tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("PBC_dataset_normal_DIB/basophil/BA_1.jpg", PAYLOAD[:50_000])
+    server.files["/pbc.zip"] = buf.getvalue()[:30_000]  # the server itself holds a cut archive
+    with pytest.raises(DownloadError, match="not a complete zip archive"):
+        fetch_url(server.url("/pbc.zip"), tmp_path / "pbc.zip", progress=False)
+    assert not (tmp_path / "pbc.zip").exists()
+    assert (tmp_path / "pbc.zip.part").exists()  # kept for a resume

@@ -220,6 +220,10 @@ def fetch_url(url: str, dest: str | os.PathLike, *, expected_md5: str | None = N
         raise DownloadError(f"download of {url} ended early: {have:,} of {total:,} bytes. The "
                             f"partial file {part} is kept: run the same command again to resume.")
     _check_digests(part, url, expected, delete=True)
+    if not expected and dest.suffix.lower() == ".zip" and not zipfile.is_zipfile(part):
+        raise DownloadError(f"download of {url} is not a complete zip archive ({have:,} bytes, no "
+                            f"checksum to compare). The partial file {part} is kept: run the same "
+                            "command again to resume, or delete it to start over.")
     os.replace(part, dest)
     return dest
 

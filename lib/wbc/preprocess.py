@@ -79,13 +79,13 @@ def _jpeg_is_complete(data: bytes) -> bool:
     """
     if data[-64:].rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
         return True
-    try:
-        from PIL import Image
+    from PIL import Image  # a direct dependency (pyproject.toml)
 
+    try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
         return True
-    except Exception:  # ImportError, truncated or corrupt: treat as incomplete
+    except Exception:  # truncated or corrupt: treat as incomplete
         return False
 
 
