@@ -46,6 +46,8 @@ def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) ->
     for name in ("model.keras", "history.csv", "config.json"):
         assert (run / name).is_file()
     assert len(pd.read_csv(run / "history.csv")) >= 1
+    recorded = json.loads((run / "config.json").read_text())["preprocess"]  # predict repeats it
+    assert recorded["size"] == 64 and recorded["mode"] == "stretch" and recorded["colour"] is None
     capsys.readouterr()
 
     assert wbc(["evaluate", str(run), "--n-boot", "200"]) == 0

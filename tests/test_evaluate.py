@@ -220,3 +220,25 @@ def test_figures_have_titles_labels_and_class_names(tmp_path):
         plot_image_gallery(images, ["one"])
     for name in ("curves.png", "cm.png", "roc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_read_model_input_gives_raw_images_the_training_preprocessing(tmp_path):
+    from wbc.evaluate import read_model_input
+    from wbc.preprocess import preprocess_manifest, read_image, resize_image
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw" / "wide.png"
+    raw.parent.mkdir()
+    cv2.imwrite(str(raw), rng.integers(0, 255, (40, 80, 3), dtype=np.uint8))
+    settings = {"size": 48, "mode": "pad", "colour": None}
+    padded = read_model_input(raw, 16, settings)
+    stretched = read_model_input(raw, 16)
+    assert not np.array_equal(padded, stretched)  # letterboxed vs stretched: the settings matter
+    manual = resize_image(read_image(raw), 48, "pad")
+    cv2.imwrite(str(tmp_path / "manual.png"), cv2.cvtColor(manual, cv2.COLOR_RGB2BGR))
+    assert np.array_equal(padded, read_model_input(tmp_path / "manual.png", 16))
+    # an image a preprocess run wrote already carries the settings: not applied twice
+    processed, _ = preprocess_manifest(pd.DataFrame({"path": [str(raw)], "label": ["x"]}),
+                                       tmp_path / "out", size=48, mode="pad", jobs=1, progress=False)
+    out = processed["path"].iloc[0]
+    assert np.array_equal(read_model_input(out, 16, settings), read_model_input(out, 16))

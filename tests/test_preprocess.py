@@ -358,3 +358,26 @@ def test_cli_preprocess_prints_counts(tmp_path, capsys):
     assert "processed: 0  skipped (already done): 4" in capsys.readouterr().out
     assert cli_main(["preprocess", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "manifest CSV not found" in capsys.readouterr().err
+
+
+def test_settings_are_recorded_and_found_from_an_output_image(tmp_path):
+    from wbc.preprocess import SETTINGS_FILE, preprocess_manifest, preprocess_settings
+
+    raw = save(tmp_path / "raw" / "a.png", smear(80, 60))
+    manifest = pd.DataFrame({"path": [str(raw)], "label": ["x"], "source": ["PBC"]})
+    processed, _ = preprocess_manifest(manifest, tmp_path / "out", size=32, mode="pad",
+                                       colour="clahe", jobs=1, progress=False)
+    assert (tmp_path / "out" / SETTINGS_FILE).is_file()
+    found = preprocess_settings(processed["path"].iloc[0])
+    assert found["size"] == 32 and found["mode"] == "pad" and found["colour"] == "clahe"
+    assert preprocess_settings(raw) is None  # a raw image was not written by a preprocess run
+
+
+def test_apply_settings_repeats_colour_then_resize_mode():
+    from wbc.preprocess import apply_preprocess_settings, resize_image
+
+    img = smear(80, 60)
+    settings = {"size": 32, "mode": "pad", "colour": "grey_world"}
+    expected = resize_image(normalise_colour(img, "grey_world"), 32, "pad")
+    assert np.array_equal(apply_preprocess_settings(img, settings), expected)
+    assert apply_preprocess_settings(img, None) is img

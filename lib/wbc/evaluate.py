@@ -270,14 +270,23 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def read_model_input(path: str | os.PathLike, image_size: int) -> np.ndarray:
+def read_model_input(path: str | os.PathLike, image_size: int,
+                     preprocess: dict | None = None) -> np.ndarray:
     """One image file (any format OpenCV reads: TIFF too) as uint8 RGB at ``image_size``, resized
-    exactly as the training pipeline does (bilinear with antialiasing, rounded)."""
+    exactly as the training pipeline does (bilinear with antialiasing, rounded).
+
+    ``preprocess`` (a run's ``config["preprocess"]``) first gives a raw image the colour
+    normalisation and resize mode its training images had; an image that a preprocess run
+    wrote already has them and is left as it is.
+    """
     import tensorflow as tf
 
-    from wbc.preprocess import read_image
+    from wbc.preprocess import apply_preprocess_settings, preprocess_settings, read_image
 
-    image = tf.image.resize(read_image(path), [image_size, image_size], method="bilinear", antialias=True)
+    image = read_image(path)
+    if preprocess and preprocess_settings(path) is None:
+        image = apply_preprocess_settings(image, preprocess)
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
     return np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8)
 
 
@@ -310,7 +319,7 @@ def classify_images(model, config: dict, paths: Sequence[str | os.PathLike], top
         good, pixels = [], []
         for path in files[start:start + PREDICT_CHUNK]:
             try:
-                pixels.append(read_model_input(path, size))
+                pixels.append(read_model_input(path, size, config.get("preprocess")))
                 good.append(str(path))
             except BadImageError as exc:
                 errors.append((str(path), exc.reason))
@@ -348,7 +357,7 @@ def gradcam_overlays(model, config: dict, predictions: pd.DataFrame, out_dir: st
     out_dir = Path(out_dir)
     written, used = [], set()
     for _, row in predictions[predictions["error"].fillna("") == ""].iterrows():
-        x = PREPROCESSING[config["preprocessing"]](read_model_input(row["path"], size)[None].astype(np.float32))
+        x = PREPROCESSING[config["preprocessing"]](read_model_input(row["path"], size, config.get("preprocess"))[None].astype(np.float32))
         heat = gradcam_heatmap(model, np.asarray(x, np.float32), class_index=classes.index(row["predicted_label"]))
         overlay = overlay_heatmap(read_image(row["path"]), heat, alpha=alpha)
         stem, n = Path(row["path"]).stem, 1

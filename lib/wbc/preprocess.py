@@ -334,6 +334,28 @@ class _Settings:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
+SETTINGS_FILE = "preprocess.json"  # beside manifest.csv: how the images of a folder were made
+
+
+def preprocess_settings(image_path: str | os.PathLike) -> dict | None:
+    """Settings of the preprocess run that wrote ``image_path`` (``OUT/images/<label>/<file>``),
+    read from ``OUT/preprocess.json``; None for an image no preprocess run wrote."""
+    parents = Path(image_path).resolve().parents
+    candidate = parents[2] / SETTINGS_FILE if len(parents) > 2 else None
+    if candidate is None or not candidate.is_file():
+        return None
+    return json.loads(candidate.read_text(encoding="utf-8"))
+
+
+def apply_preprocess_settings(img: np.ndarray, settings: dict | None) -> np.ndarray:
+    """Give a new RGB image what a preprocess run gave its training images: colour
+    normalisation, then the resize mode at the run's size (used by ``predict``)."""
+    if not settings:
+        return img
+    img = normalise_colour(img, settings.get("colour"))
+    return resize_image(img, int(settings["size"]), settings.get("mode", "stretch"))
+
+
 def output_name(raw_path: str, source: str = "") -> str:
     """A unique, readable output file name: ``<source>_<stem>_<8 hex of the raw path>.jpg``.
 
@@ -567,6 +589,7 @@ def preprocess_manifest(manifest: pd.DataFrame, out_dir: str | os.PathLike, size
     out_dir = Path(out_dir).resolve()
     settings = _Settings(int(size), mode, int(quality), bool(remove_black_band), colour)
     key = settings.key
+    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n")
     for stale in out_dir.glob("images/*/.*.part.jpg"):  # left by a hard kill mid-write
         stale.unlink(missing_ok=True)
     journal = _Journal(out_dir / "progress.jsonl")

@@ -300,6 +300,8 @@ def train_model(split_dir: str | Path, model_name: str, out_dir: str | Path, *,
         config = {
             "model": model_name, "classes": classes, "n_classes": len(classes),
             "image_size": image_size, "preprocessing": preprocessing,
+            # how the training images were made (resize mode, colour): predict repeats it
+            "preprocess": _preprocess_settings(train_df["path"].iloc[0]),
             "weights": str(weights) if weights is not None else None,
             "parameters": params, "split_dir": str(split_dir.resolve()),
             "split_sha256": _split_hashes(split_dir),
@@ -327,6 +329,12 @@ def train_model(split_dir: str | Path, model_name: str, out_dir: str | Path, *,
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _preprocess_settings(image_path: str) -> dict | None:
+    from wbc.preprocess import preprocess_settings
+
+    return preprocess_settings(image_path)
 
 
 def load_run(run_dir: str | Path) -> tuple["keras.Model", dict]:

@@ -11,10 +11,10 @@ def register(subparsers) -> None:
         "predict", help="classify image files or folders with a trained run (top-k labels, optional Grad-CAM)",
         description="Classify images (JPEG, PNG, TIFF, BMP, ...) or every image inside folders; print the "
                     "top-k classes with probabilities and write them as CSV. An unreadable image is an "
-                    "error naming the file, unless --skip-unreadable lists it in the CSV instead. Each "
-                    "image is converted to RGB and stretched to the run's image size, as the default "
-                    "preprocess stage does; if the training data was preprocessed with --mode pad/crop "
-                    "or --colour, run `python -m wbc preprocess` on the images first so they match.")
+                    "error naming the file, unless --skip-unreadable lists it in the CSV instead. Raw "
+                    "images get what the run's training images got from `python -m wbc preprocess` "
+                    "(colour normalisation, resize mode; recorded in the run's config.json), then the "
+                    "model's own resize and preprocessing.")
     p.add_argument("run_dir", type=Path, help="run folder written by `python -m wbc train`")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default 3)")
