@@ -101,6 +101,23 @@ def configured_data_dir() -> Path | None:
     return path
 
 
+def data_dir_argument(value: str | os.PathLike | None, *, must_exist: bool = True) -> Path:
+    """The data folder a command works on: ``--data-dir`` when given, else ``$WBC_DATA_DIR``.
+
+    ``must_exist=False`` (downloads) accepts a folder that is still to be created.
+    """
+    if value is None:
+        env = os.environ.get("WBC_DATA_DIR")
+        if not env:
+            raise WbcError("no data folder: pass --data-dir DIR or set WBC_DATA_DIR "
+                           "(python -m wbc demo --out DIR writes a small demo one)")
+        value = env
+    path = Path(value).expanduser()
+    if must_exist and not path.is_dir():
+        raise WbcError(f"data folder {value} does not exist or is not a folder")
+    return path
+
+
 def real_sample_dir() -> Path | None:
     """``$WBC_REAL_SAMPLE`` (the small real sample) when set and present, else None."""
     env = os.environ.get("WBC_REAL_SAMPLE")

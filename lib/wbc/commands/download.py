@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from wbc.errors import WbcError
 
@@ -57,11 +55,10 @@ def _options(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """Run the download; 0 when the data is usable, 1 when files are missing or unreadable."""
+    from wbc.config import data_dir_argument
     from wbc.download import download_dataset
 
-    data_dir = args.data_dir or os.environ.get("WBC_DATA_DIR")
-    if not data_dir:
-        raise WbcError("no data folder: pass --data-dir DIR or set WBC_DATA_DIR")
-    result = download_dataset(args.dataset, Path(data_dir), **_options(args))
+    data_dir = data_dir_argument(args.data_dir, must_exist=False)
+    result = download_dataset(args.dataset, data_dir, **_options(args))
     print(result.summary())
     return 0 if result.report is None or result.report.usable else 1

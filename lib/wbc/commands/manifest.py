@@ -40,17 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from wbc.config import configured_data_dir
+    from wbc.config import data_dir_argument
 
-    if args.data_dir is not None:
-        if not args.data_dir.is_dir():
-            raise WbcError(f"--data-dir {args.data_dir} does not exist or is not a folder")
-        return args.data_dir
-    data_dir = configured_data_dir()
-    if data_dir is None:
-        raise WbcError("no data folder: pass --data-dir DIR or set WBC_DATA_DIR "
-                       "(python -m wbc demo --out DIR writes a small demo one)")
-    return data_dir
+    return data_dir_argument(args.data_dir)
 
 
 def _check_args(args: argparse.Namespace) -> None:
