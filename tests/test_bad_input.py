@@ -44,7 +44,7 @@ def build_corpus(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
         "deep16.tiff": lambda p: cv2.imwrite(str(p), smear(50, 50).astype(np.uint16) * 257),
         "rgba.tiff": lambda p: cv2.imwrite(str(p), cv2.cvtColor(smear(40, 40), cv2.COLOR_BGR2BGRA)),
         "palette.png": lambda p: Image.fromarray(smear(30, 30)).convert("P").save(p),
-        "one_pixel.png": lambda p: cv2.imwrite(str(p), np.full((1, 1, 3), 200, np.uint8)),
+        "sixteen_px.png": lambda p: cv2.imwrite(str(p), smear(16, 16)),  # the smallest size used
         "huge.jpg": lambda p: cv2.imwrite(str(p), cv2.resize(smear(60, 60), (6000, 6000),
                                                              interpolation=cv2.INTER_NEAREST)),
     }
@@ -55,6 +55,9 @@ def build_corpus(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
         "random.jpg": (np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "not an image"),
         ".DS_169665.jpg": (b"\x00\x00\x00\x01Bud1" + bytes(600), ".DS_Store"),
         "fake.png": (b"\x89PNG\r\n\x1a\n" + bytes(100), "corrupt or truncated PNG"),
+        # below the minimum size (16 px): quarantined, not upscaled
+        "one_pixel.png": (cv2.imencode(".png", np.full((1, 1, 3), 200, np.uint8))[1].tobytes(),
+                          "too small: 1x1 px"),
     }
     rows, reasons = [], {}
     for name, make in good.items():
@@ -93,7 +96,7 @@ def test_every_bad_file_is_quarantined_with_its_reason_and_raw_files_stay_untouc
     for row in processed.itertuples():
         assert read_image(row.path).shape == (SIZE, SIZE, 3)
     sizes = dict(zip(processed["raw_path"].map(os.path.basename), zip(processed["width"], processed["height"])))
-    assert sizes["huge.jpg"] == (6000, 6000) and sizes["one_pixel.png"] == (1, 1)
+    assert sizes["huge.jpg"] == (6000, 6000) and sizes["sixteen_px.png"] == (16, 16)
     on_disk = pd.read_csv(tmp_path / "out" / "quarantine.csv")
     assert sorted(on_disk["path"]) == sorted(reasons) and on_disk["reason"].str.len().min() > 5
 

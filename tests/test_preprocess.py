@@ -297,7 +297,9 @@ def test_rerun_skips_finished_outputs_and_redoes_changed_sources(tmp_path):
     assert third.attrs["counts"] == {"processed": 1, "skipped": len(manifest) - 1, "quarantined": 0, "black_band": 0}
     assert third.at[2, "sha256"] == file_digest(changed) != first.at[2, "sha256"]
 
-    resized, _ = preprocess_manifest(manifest, out, 20, jobs=1, progress=False)  # other settings: redo all
+    with pytest.raises(WbcError, match="other settings"):  # other settings: refused ...
+        preprocess_manifest(manifest, out, 20, jobs=1, progress=False)
+    resized, _ = preprocess_manifest(manifest, out, 20, jobs=1, progress=False, overwrite=True)  # ... or redone
     assert resized.attrs["counts"]["processed"] == len(manifest)
     assert read_image(resized.at[0, "path"]).shape == (20, 20, 3)
 

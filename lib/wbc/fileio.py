@@ -1,14 +1,43 @@
-"""Small file helpers shared by every stage: atomic writes and content hashes."""
+"""Small file helpers shared by every stage: atomic writes, folders replaced as a unit, content hashes.
+
+Files written here get the permissions of an ordinary new file (``0o666`` less the umask,
+usually ``0644``) and folders those of an ordinary new folder (``0o777`` less the umask), not the
+private ``0600`` / ``0700`` of ``tempfile``'s temporary names.
+"""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+
+from wbc.errors import WbcError
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (a brief, harmless window)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | os.PathLike) -> None:
+    """Give a temporary file (``0600`` from mkstemp) or folder (``0700`` from mkdtemp) the mode
+    a plainly created one would have: ``0o666`` (files) or ``0o777`` (folders) less the umask."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~current_umask())
 
 
 @contextlib.contextmanager
@@ -24,6 +53,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            public_mode(tmp_path)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -47,6 +78,64 @@ def write_csv_atomic(df: pd.DataFrame, target: str | os.PathLike) -> Path:
     with atomic_path(target) as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
     return target
+
+
+def temporary_sibling(target: str | os.PathLike, tag: str = "tmp") -> Path:
+    """A new, empty folder beside ``target`` (``.<name>.<tag>-XXXX``), with ordinary permissions."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}-", dir=target.parent))
+    public_mode(tmp)
+    return tmp
+
+
+def replace_folder(new: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the finished folder ``new`` in place of ``target`` as a unit.
+
+    ``new`` must be a sibling of ``target`` (same file system). An existing ``target`` is first
+    renamed aside (``.<name>.old-XXXX``), then ``new`` renamed onto ``target``, then the old one
+    removed: at every moment ``target`` is either the complete old folder, absent for the
+    instant between two renames, or the complete new one, never a mixture. A crash between the
+    renames leaves the old folder beside it under its ``.old-`` name.
+    """
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists() or target.is_symlink():
+        if not target.is_dir() or target.is_symlink():
+            raise WbcError(f"{target}: exists and is not a folder; move it away first")
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old)  # an empty folder is replaced by rename(2)
+    try:
+        os.replace(new, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)  # put the old folder back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as printable UTF-8 text: bytes that are not valid UTF-8 (file names from other
+    systems, read by Python as surrogate escapes) are shown as ``\\xNN``."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def is_utf8_name(path: str | os.PathLike) -> bool:
+    """True when ``path`` can be written as UTF-8 text (into a CSV) and read back unchanged."""
+    try:
+        os.fspath(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:

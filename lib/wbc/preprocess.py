@@ -8,6 +8,13 @@ Re-runs are cheap: ``out_dir/progress.jsonl`` records each finished output toget
 raw file's size and modification time and the settings used; a re-run skips every output that
 exists, is complete and whose raw file and settings did not change. Output files are written
 under a temporary name and renamed, so an interrupted run never leaves a half-written image.
+
+Reliability: one run at a time writes a folder (``wbc.locking``); a folder holding images made
+with other settings is refused unless ``overwrite=True`` (``--overwrite``), which clears them
+first; ``preprocess.json`` (the settings) is written last, once the images it describes are
+complete. An image whose header announces more than ``max_pixels`` pixels is quarantined
+without being decoded; one smaller than ``min_size`` px on a side is quarantined, not
+upscaled. Worker processes die with the run (``PR_SET_PDEATHSIG`` on Linux, and a watchdog).
 """
 from __future__ import annotations
 
@@ -18,6 +25,11 @@ import io
 import json
 import os
 import re
+import signal
+import sys
+import threading
+import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from wbc.errors import WbcError
-from wbc.fileio import write_csv_atomic, write_text_atomic
+from wbc.fileio import display_path, write_csv_atomic, write_text_atomic
+from wbc.locking import FolderLock, pid_alive
 from wbc.split import phash_gray
 
 RESIZE_MODES = ("stretch", "pad", "crop")
@@ -37,6 +50,15 @@ COLOUR_METHODS = (None, "clahe", "grey_world")
 ADDED_COLUMNS = ("raw_path", "sha256", "phash", "width", "height")
 QUARANTINE_COLUMNS = ("path", "source", "label", "reason")
 BLACK_BAND_PREFIX = "black band"
+#: Largest image decoded, in pixels (width x height), checked from the file header before
+#: decoding. 50 megapixels: a 16-bit RGBA image that size takes 400 MB decoded, and its
+#: conversions about as much again, which fits one worker's share of a laptop's memory.
+#: The cell images of the datasets are far smaller (at most 400x400).
+MAX_PIXELS = 50_000_000
+#: Smallest side (px) of an image that is used; smaller ones are quarantined, not upscaled.
+MIN_SIZE = 16
+TOO_LARGE_PREFIX = "too large"
+TOO_SMALL_PREFIX = "too small"
 
 # File signatures: the first bytes decide the format, whatever the file name says.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -53,7 +75,7 @@ class BadImageError(WbcError):
     """An input file that cannot be used as an image; ``reason`` says why (without the path)."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{display_path(path)}: {reason}")
         self.path = str(path)
         self.reason = reason
 
@@ -130,9 +152,47 @@ def _to_bgr8(img: np.ndarray, path: str) -> np.ndarray:
     raise BadImageError(path, f"unsupported number of channels ({channels})")
 
 
-def decode_image(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
-    """Decode image bytes to BGR uint8 (OpenCV order); raise BadImageError with the reason."""
-    path = str(path)
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` read from the image header only (Pillow's lazy open: no pixel is
+    decoded), or None when Pillow cannot parse the header (OpenCV then decides)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own limit
+            with Image.open(io.BytesIO(data)) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:  # over twice Pillow's own limit: huge for sure
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        side = int(limit ** 0.5) + 1
+        return side, side
+    except Exception:  # not parseable by Pillow: let OpenCV try (and fail with a reason)
+        return None
+
+
+def check_pixel_limit(width: int, height: int, path: str, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Raise BadImageError when ``width x height`` exceeds ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadImageError(path, f"{TOO_LARGE_PREFIX}: {width}x{height} px ({width * height / 1e6:.1f} "
+                                  f"megapixels) is above the limit of {max_pixels / 1e6:g} megapixels "
+                                  "(--max-pixels); not decoded")
+
+
+def check_min_size(width: int, height: int, path: str, min_size: int | None = MIN_SIZE) -> None:
+    """Raise BadImageError when a side is below ``min_size`` px (None: no minimum)."""
+    if min_size is not None and min(width, height) < min_size:
+        raise BadImageError(path, f"{TOO_SMALL_PREFIX}: {width}x{height} px, below the minimum of "
+                                  f"{min_size} px a side (--min-size); not upscaled")
+
+
+def decode_image(data: bytes, path: str | os.PathLike = "<bytes>", *,
+                 max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to BGR uint8 (OpenCV order); raise BadImageError with the reason.
+
+    The header is read first: an image above ``max_pixels`` pixels is refused before any
+    pixel is decoded (a 20000 x 20000 PNG of a few kilobytes would otherwise take gigabytes).
+    """
+    path = display_path(path)
     if not data:
         raise BadImageError(path, "empty file (0 bytes)")
     kind = sniff_format(data)
@@ -140,6 +200,9 @@ def decode_image(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray
         raise BadImageError(path, f"not an image (unrecognised content, first bytes {data[:8]!r})")
     if kind == "DS_STORE":
         raise BadImageError(path, "not an image (macOS .DS_Store metadata file)")
+    size = header_size(data)
+    if size is not None:
+        check_pixel_limit(*size, path, max_pixels)
     if kind == "JPEG" and not _jpeg_is_complete(data):
         raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
     with _quiet_opencv():
@@ -167,7 +230,7 @@ def _read_bytes(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
         raise BadImageError(path, f"cannot read ({exc.strerror or exc})") from None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3): JPEG, PNG, TIFF, BMP, GIF, WEBP.
 
     Handles RGBA (alpha dropped), 16-bit (scaled, not truncated), grayscale and palette images.
@@ -175,7 +238,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     image, truncated or corrupt.
     """
     data, _ = _read_bytes(path)
-    return cv2.cvtColor(decode_image(data, path), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(decode_image(data, path, max_pixels=max_pixels), cv2.COLOR_BGR2RGB)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -320,6 +383,10 @@ def normalise_colour(img: np.ndarray, method: str | None = None) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- one file
 
+#: Settings that decide what an output image looks like (a folder holds one combination).
+IMAGE_SETTINGS = ("size", "mode", "quality", "remove_black_band", "colour")
+
+
 @dataclass(frozen=True)
 class _Settings:
     size: int
@@ -327,11 +394,22 @@ class _Settings:
     quality: int
     remove_black_band: bool
     colour: str | None
+    max_pixels: int | None = MAX_PIXELS
+    min_size: int | None = MIN_SIZE
+
+    def image_settings(self) -> dict:
+        return {k: getattr(self, k) for k in IMAGE_SETTINGS}
 
     @functools.cached_property
     def key(self) -> str:
-        """Short digest of the settings: outputs made with other settings are redone."""
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Short digest of the image settings: outputs made with other settings are redone.
+        The input limits (``max_pixels``, ``min_size``) only decide which inputs are used;
+        finished outputs are checked against them (``_Journal.is_done``)."""
+        return hashlib.sha1(json.dumps(self.image_settings(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def within_limits(self, width: int, height: int) -> bool:
+        return ((self.max_pixels is None or width * height <= self.max_pixels)
+                and (self.min_size is None or min(width, height) >= self.min_size))
 
 
 SETTINGS_FILE = "preprocess.json"  # beside manifest.csv: how the images of a folder were made
@@ -363,7 +441,7 @@ def output_name(raw_path: str, source: str = "") -> str:
     files with the same name (ALL ``Original/`` and ``Segmented/``).
     """
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(raw_path).stem).strip("._") or "image"
-    digest = hashlib.sha1(os.path.abspath(raw_path).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(os.fsencode(os.path.abspath(raw_path))).hexdigest()[:8]
     prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", str(source)) + "_" if source else ""
     return f"{prefix}{stem}_{digest}.jpg"
 
@@ -392,7 +470,8 @@ def _process_one(task: dict, settings: _Settings) -> dict:
     result = {"index": task["index"], "raw": raw, "out": task["out"]}
     try:
         data, st = _read_bytes(raw)
-        bgr = decode_image(data, raw)
+        bgr = decode_image(data, raw, max_pixels=settings.max_pixels)
+        check_min_size(bgr.shape[1], bgr.shape[0], raw, settings.min_size)
         if settings.remove_black_band:
             band = detect_black_band(bgr)
             if band is not None:
@@ -435,13 +514,52 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def _init_worker() -> None:
-    """Pool workers: one OpenCV thread each (the pool gives the parallelism); the parent
-    handles Ctrl-C, so workers ignore it and finish their current chunk."""
-    import signal
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCHDOG_INTERVAL = 0.2  # seconds between a worker's checks that the run is still alive
 
+
+def _die_with_parent(main_pid: int) -> None:
+    """Make this worker end as soon as the run that started it ends, however it ends.
+
+    A pool worker's parent is the forkserver, which exits when the main process dies (EOF on
+    its pipe). On Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill the worker
+    when its parent exits. Everywhere, a daemon thread checks every 0.2 s that the parent is
+    the same and the main process still runs, and ends the worker otherwise; so does a check
+    right after the prctl call, in case the parent died before it.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def orphaned() -> bool:
+        return os.getppid() != parent or not pid_alive(main_pid)
+
+    if orphaned():
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCHDOG_INTERVAL)
+            if orphaned():
+                os._exit(1)
+
+    threading.Thread(target=watch, name="wbc-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(main_pid: int | None = None) -> None:
+    """Pool workers: end with the run (``_die_with_parent``); one OpenCV thread each (the pool
+    gives the parallelism); the parent handles Ctrl-C, so workers ignore it and finish their
+    current chunk."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
+    if main_pid is not None:
+        _die_with_parent(main_pid)
 
 
 # ----------------------------------------------------------------------------- resume journal
@@ -461,11 +579,17 @@ class _Journal:
                     continue  # a line cut short by an interrupted run: that output is redone
         self._fh = None
 
-    def is_done(self, task: dict, key: str) -> dict | None:
+    def keys(self) -> set[str]:
+        """The settings keys of the recorded outputs."""
+        return {str(e.get("key")) for e in self.entries.values()}
+
+    def is_done(self, task: dict, key: str, limits: "_Settings | None" = None) -> dict | None:
         """The stored record when ``task``'s output is complete and up to date, else None."""
         entry = self.entries.get(task["out"])
         if not entry or entry.get("key") != key or entry.get("raw") != task["raw"]:
             return None
+        if limits is not None and not limits.within_limits(int(entry.get("width", 0)), int(entry.get("height", 0))):
+            return None  # made under other input limits: processed (and quarantined) again
         try:
             st, out_st = os.stat(task["raw"]), os.stat(task["out_abs"])
         except OSError:
@@ -513,7 +637,12 @@ def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _check_args(size: int, mode: str, quality: int, jobs: int | None, colour: str | None) -> int:
+def _check_args(size: int, mode: str, quality: int, jobs: int | None, colour: str | None,
+                max_pixels: int | None = MAX_PIXELS, min_size: int | None = MIN_SIZE) -> int:
+    if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
+        raise WbcError(f"--max-pixels must be a positive number of pixels, got {max_pixels!r}")
+    if min_size is not None and (not isinstance(min_size, (int, np.integer)) or min_size < 1):
+        raise WbcError(f"--min-size must be a positive number of pixels, got {min_size!r}")
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise WbcError(f"--size must be a positive integer, got {size!r}")
     if mode not in RESIZE_MODES:
@@ -550,7 +679,7 @@ def _run_tasks(tasks: list[dict], settings: _Settings, jobs: int, journal: _Jour
         else:
             chunk = max(1, min(32, len(tasks) // (jobs * 8)))
             with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context(),
-                                     initializer=_init_worker) as pool:
+                                     initializer=_init_worker, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_process_chunk, tasks[i:i + chunk], settings)
                            for i in range(0, len(tasks), chunk)]
                 try:
@@ -566,32 +695,113 @@ def _run_tasks(tasks: list[dict], settings: _Settings, jobs: int, journal: _Jour
     return results
 
 
+#: What a preprocess run writes into its folder (all of it, and nothing else, is replaced by
+#: ``overwrite=True``).
+OUTPUT_NAMES = ("images", "manifest.csv", "quarantine.csv", "progress.jsonl", "preprocess.json")
+_PART_NAME = re.compile(r"^\..+\.(\d+)\.part\.jpg$")
+
+
+def _settings_conflict(out_dir: Path, settings: _Settings, journal: _Journal) -> str | None:
+    """Why ``out_dir`` cannot be resumed with ``settings`` (its images were made otherwise), else None."""
+    wanted = settings.image_settings()
+    recorded_path = out_dir / SETTINGS_FILE
+    if recorded_path.is_file():
+        try:
+            recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            return f"{recorded_path} is unreadable, so the settings of its images are unknown"
+        changed = [f"{k} {recorded[k]!r} -> {wanted[k]!r}" for k in IMAGE_SETTINGS
+                   if k in recorded and recorded[k] != wanted[k]]
+        if changed:
+            return "its images were made with other settings (" + ", ".join(changed) + ")"
+        return None
+    other = journal.keys() - {settings.key}
+    if other:
+        return "it holds images of an unfinished run with other settings (progress.jsonl)"
+    images = out_dir / "images"
+    if not journal.entries and images.is_dir() and any(p.is_file() for p in images.rglob("*")):
+        return "it holds images with no record of the settings they were made with"
+    return None
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Remove what earlier preprocess runs wrote (``OUTPUT_NAMES``), nothing else."""
+    import shutil
+
+    for name in OUTPUT_NAMES:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _remove_stale_parts(out_dir: Path) -> None:
+    """Delete temporary ``.<name>.<pid>.part.jpg`` files of dead writers (a hard kill mid-write).
+
+    Runs under the folder lock, so no other run writes here; a part file whose writer PID is
+    still alive (a worker of some other program version) is left alone all the same.
+    """
+    for part in out_dir.glob("images/*/.*.part.jpg"):
+        match = _PART_NAME.match(part.name)
+        if match and int(match.group(1)) != os.getpid() and pid_alive(int(match.group(1))):
+            continue
+        part.unlink(missing_ok=True)
+
+
 def preprocess_manifest(manifest: pd.DataFrame, out_dir: str | os.PathLike, size: int = 400, *,
                         mode: str = "stretch", quality: int = 95, jobs: int | None = None,
                         remove_black_band: bool = True, colour: str | None = None,
-                        progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        progress: bool = True, overwrite: bool = False,
+                        max_pixels: int | None = MAX_PIXELS,
+                        min_size: int | None = MIN_SIZE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every image of ``manifest``, resize it and write an RGB JPEG under ``out_dir``.
 
     Returns ``(processed, quarantine)`` and writes them as ``out_dir/manifest.csv`` and
     ``out_dir/quarantine.csv``. ``processed`` keeps the manifest's columns, with ``path``
     pointing at the new JPEG, and adds ``raw_path``, ``sha256`` (raw bytes), ``phash`` (of the
     processed image), ``width`` and ``height`` (raw size). ``quarantine`` lists every row not
-    written (``path, source, label, reason``): unreadable inputs and, unless
-    ``remove_black_band=False``, images with a black band (see ``detect_black_band``).
+    written (``path, source, label, reason``): unreadable inputs, images above ``max_pixels``
+    pixels (refused from the header, never decoded) or below ``min_size`` px a side (not
+    upscaled), and, unless ``remove_black_band=False``, images with a black band (see
+    ``detect_black_band``).
 
-    ``jobs`` worker processes (default: every core); re-runs skip finished outputs.
-    ``processed.attrs["counts"]`` holds processed / skipped / quarantined / black_band counts.
+    ``jobs`` worker processes (default: every core); re-runs skip finished outputs. The folder
+    is locked while the run writes it (a second run gets a WbcError naming this one). A
+    folder whose images were made with other image settings is refused unless ``overwrite``,
+    which first removes what earlier runs wrote. ``preprocess.json`` (the settings) is written
+    last. ``processed.attrs["counts"]`` holds processed / skipped / quarantined / black_band
+    counts.
     """
-    jobs = _check_args(size, mode, quality, jobs, colour)
+    jobs = _check_args(size, mode, quality, jobs, colour, max_pixels, min_size)
     missing = [c for c in ("path", "label") if c not in manifest.columns]
     if missing:
         raise WbcError(f"manifest lacks column(s) {', '.join(missing)}; columns found: {', '.join(map(str, manifest.columns))}")
     out_dir = Path(out_dir).resolve()
-    settings = _Settings(int(size), mode, int(quality), bool(remove_black_band), colour)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WbcError(f"{out_dir}: exists and is not a folder")
+    settings = _Settings(int(size), mode, int(quality), bool(remove_black_band), colour,
+                         None if max_pixels is None else int(max_pixels),
+                         None if min_size is None else int(min_size))
+    with FolderLock(out_dir, "preprocess"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        conflict = _settings_conflict(out_dir, settings, _Journal(out_dir / "progress.jsonl"))
+        if conflict and not overwrite:
+            raise WbcError(f"{out_dir}: {conflict}; preprocess.json would no longer describe them. "
+                           "Pass --overwrite (overwrite=True) to replace them, or choose another "
+                           "output folder.")
+        if conflict or overwrite:
+            _clear_outputs(out_dir)
+        _remove_stale_parts(out_dir)
+        return _preprocess_locked(manifest, out_dir, settings, jobs, progress)
+
+
+def _preprocess_locked(manifest: pd.DataFrame, out_dir: Path, settings: _Settings, jobs: int,
+                       progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The body of ``preprocess_manifest``, run while holding the folder lock."""
     key = settings.key
-    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n")
-    for stale in out_dir.glob("images/*/.*.part.jpg"):  # left by a hard kill mid-write
-        stale.unlink(missing_ok=True)
     journal = _Journal(out_dir / "progress.jsonl")
 
     rows = manifest.reset_index(drop=True)
@@ -607,7 +817,7 @@ def preprocess_manifest(manifest: pd.DataFrame, out_dir: str | os.PathLike, size
             quarantined.append({"index": i, "reason": f"duplicate manifest row (same file and label as row {seen[out_rel]})"})
             continue
         seen[out_rel] = i
-        entry = journal.is_done(task, key)
+        entry = journal.is_done(task, key, settings)
         if entry is not None:
             done[i] = {**entry, "index": i, "status": "ok"}
         else:
@@ -635,6 +845,8 @@ def preprocess_manifest(manifest: pd.DataFrame, out_dir: str | os.PathLike, size
     write_csv_atomic(processed, out_dir / "manifest.csv")
     write_csv_atomic(quarantine, out_dir / "quarantine.csv")
     journal.compact([results[i]["out"] for i in ok])
+    # Last: the settings record describes a complete folder.
+    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n")
     processed.attrs["counts"] = {
         "processed": len(ok) - len(done), "skipped": len(done), "quarantined": len(quarantine),
         "black_band": int(quarantine["reason"].str.startswith(BLACK_BAND_PREFIX).sum()),
