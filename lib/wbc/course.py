@@ -431,3 +431,97 @@ def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False
     sizes = ", ".join(f"{part} {len(splits[part])}" for part in SPLITS)
     print(f"splits {name}: built {out_dir} ({sizes}; fractions {fractions}, seed {ctx.seed})")
     return out_dir
+
+
+# ----------------------------------------------------------------------------- training runs
+#
+# A notebook that needs a trained model (11 needs 10's, 12 and 11 need 08's baselines) finds it
+# in <work_dir>/runs/<name>-<key>, where the key hashes the settings, the split files and the
+# code that trains (the notebooks' #@save functions). Edit a layer, a callback or a setting and
+# the key changes: the run is trained again, never reused stale.
+
+TRAINING_CODE = ("configure_device", "augmentation_layers", "make_dataset", "fit_two_phase")
+BUILDERS = {"resnet50": "build_resnet50_transfer", "cnn1": "build_cnn1", "cnn2": "build_cnn2",
+            "small_resnet": "build_small_resnet"}
+
+
+def main_run_config(ctx: Context, **overrides):
+    """Study A's ResNet50 as the course trains it, for ``ctx``'s profile; ``None`` values ignored.
+
+    ``weights="auto"`` is resolved here (ImageNet when it can be had, else random weights with a
+    loud warning), so a run on random weights is never mistaken for one on ImageNet weights.
+    """
+    from wbc.models import resolve_weights
+    from wbc.train import TrainConfig
+
+    p = ctx.profile
+    settings = {"model": "resnet50", "weights": "auto", "image_size": p.image_size, "epochs": p.epochs,
+                "fine_tune_epochs": p.fine_tune_epochs, "batch_size": p.batch_size, "lr": p.learning_rate,
+                "fine_tune_lr": 1e-5, "patience": 5, "seed": ctx.seed,
+                **{k: v for k, v in overrides.items() if v is not None}}
+    settings["weights"] = str(resolve_weights(settings["weights"]))
+    return TrainConfig(**settings)
+
+
+def baseline_config(ctx: Context, model: str, **overrides):
+    """A small from-scratch model (cnn1, cnn2, small_resnet) with the profile's epoch budget.
+
+    These train fast and need many epochs: ``cnn_epochs``, early stopping not before
+    ``cnn_min_epochs`` (BatchNorm-free CNNs still swing early on). ``None`` values are ignored.
+    """
+    from wbc.train import TrainConfig
+
+    p = ctx.profile
+    settings = {"model": model, "weights": "none", "image_size": p.image_size, "epochs": p.cnn_epochs,
+                "min_epochs": min(p.cnn_min_epochs, p.cnn_epochs), "batch_size": p.batch_size,
+                "lr": p.learning_rate, "seed": ctx.seed,
+                **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(**settings)
+
+
+def training_code(model: str, namespace: dict | None = None) -> str:
+    """Fingerprint of the code that trains ``model``: the notebook's own definitions (pass
+    ``globals()``) where it has them, ``wbc.lessons``' otherwise."""
+    from wbc import runs
+    from wbc.runtime import lessons
+
+    names = (*TRAINING_CODE, BUILDERS[model])
+    found = [(namespace or {}).get(n) or getattr(lessons(), n) for n in names]
+    return runs.code_fingerprint(*found)
+
+
+def run_folder(ctx: Context, name: str, cfg, split_dir: Path, code: str) -> Path:
+    """``<work_dir>/runs/<name>-<key>``: the key changes with the settings, the split and the code."""
+    from wbc import runs
+
+    key = runs.run_key({"config": cfg.as_dict(), "split": runs.split_digests(split_dir)}, code)
+    return ctx.work_dir / "runs" / f"{name}-{key}"
+
+
+def ensure_run(ctx: Context, name: str, cfg, split_dir: Path, namespace: dict | None = None) -> Path:
+    """The run folder of ``cfg`` on ``split_dir``: reused when complete, else trained now (by the
+    command line's ``train_model``, which runs the same notebook code) and said so."""
+    from wbc import runs
+    from wbc.train import train_model
+
+    run_dir = run_folder(ctx, name, cfg, split_dir, training_code(cfg.model, namespace))
+    if runs.is_complete(run_dir):
+        print(f"{name}: reusing {run_dir} (same settings, split and code)")
+        return run_dir
+    print(f"{name}: training {cfg.model} into {run_dir} ...")
+    train_model(split_dir, run_dir, cfg, overwrite=True, verbose=0)
+    config = runs.read_config(run_dir)
+    print(f"{name}: done, best val_accuracy {config['best_val_accuracy']:.3f} at epoch "
+          f"{config['best_epoch']} (phase {config['best_phase']})")
+    return run_dir
+
+
+def ensure_main_run(ctx: Context, **overrides) -> Path:
+    """Notebook 10's run (Study A's ResNet50 on wbc10), trained here when missing or stale."""
+    return ensure_run(ctx, "wbc10_resnet50", main_run_config(ctx, **overrides), ensure_splits(ctx, "wbc10"))
+
+
+def ensure_baselines(ctx: Context, models=("cnn1", "cnn2"), dataset: str = "all4", **overrides) -> dict[str, Path]:
+    """Study B's baselines on ``dataset``, ``{model: run_dir}``, trained when missing or stale."""
+    split_dir = ensure_splits(ctx, dataset)
+    return {m: ensure_run(ctx, f"{dataset}_{m}", baseline_config(ctx, m, **overrides), split_dir) for m in models}

@@ -51,10 +51,10 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
 def open_run(run_dir: str | os.PathLike) -> tuple["keras.Model", dict]:
     """``(model, config)`` of a run folder, with a clear error when it is not one."""
     check_run_dir(run_dir)
-    from wbc.train import load_run
+    from wbc.runs import load_run
 
     model, config = load_run(run_dir)
-    missing = {"classes", "image_size", "preprocessing"} - set(config)
+    missing = {"classes", "image_size"} - set(config)
     if missing:
         raise WbcError(f"{Path(run_dir) / 'config.json'}: missing key(s) {', '.join(sorted(missing))}")
     return model, config
@@ -120,14 +120,13 @@ def predict_split(run_dir: str | os.PathLike, split: str = "test",
 def predict_frame(model, config: dict, split: str, split_dir: str | os.PathLike,
                   batch_size: int = 64) -> pd.DataFrame:
     """:func:`predict_split` for a model already in memory and its run configuration."""
-    from wbc.pipeline import load_split, make_dataset
+    from wbc.pipeline import load_split, split_dataset
 
     classes = list(config["classes"])
     frame = load_split(split_dir, split)
     if frame.empty:
         raise WbcError(f"split {split!r} has no images")
-    ds = make_dataset(frame, classes, int(config["image_size"]), batch_size,
-                      preprocessing=config["preprocessing"])
+    ds = split_dataset(frame, classes, int(config["image_size"]), batch_size)
     paths = frame["path"].astype(str).tolist()
     probs = _predict(model, ds, paths, int(config["image_size"]))
     out = _prediction_frame(paths, probs, classes)
@@ -209,7 +208,9 @@ def write_figures(out: Path, run_dir: Path, predictions: pd.DataFrame, metrics: 
     notes = []
     history = run_dir / "history.csv"
     if history.is_file() and history.stat().st_size > 0:
-        plot_history(pd.read_csv(history), path=out / "curves.png", title=f"Training curves: {run_dir.name}")
+        from wbc.runs import read_history
+
+        plot_history(read_history(run_dir), path=out / "curves.png", title=f"Training curves: {run_dir.name}")
     else:
         notes.append(f"{history} not found: curves.png not drawn")
     plot_confusion_matrix(confusion(y, y_pred, len(classes)), classes, path=out / "confusion.png")
@@ -306,7 +307,6 @@ def classify_images(model, config: dict, paths: Sequence[str | os.PathLike], top
     truncated, not an image) raises WbcError naming it and the reason; with
     ``skip_unreadable=True`` it gets a row with the reason in ``error`` and no probabilities.
     """
-    from wbc.pipeline import PREPROCESSING
     from wbc.preprocess import BadImageError
 
     classes, size = list(config["classes"]), int(config["image_size"])
@@ -324,7 +324,7 @@ def classify_images(model, config: dict, paths: Sequence[str | os.PathLike], top
             except BadImageError as exc:
                 errors.append((str(path), exc.reason))
         if good:
-            x = np.asarray(PREPROCESSING[config["preprocessing"]](np.stack(pixels).astype(np.float32)), np.float32)
+            x = np.stack(pixels).astype(np.float32)  # raw RGB pixels: the model scales them itself
             rows.append(_prediction_frame(good, _predict(model, x, good, size), classes))
     if errors and not skip_unreadable:
         raise WbcError(f"{len(errors)} unreadable image(s):\n  " + "\n  ".join(f"{p}: {why}" for p, why in errors[:10]))
@@ -349,16 +349,16 @@ def gradcam_overlays(model, config: dict, predictions: pd.DataFrame, out_dir: st
     of :func:`classify_images`' table as ``out_dir/<name>_gradcam.png``; returns the paths."""
     import cv2
 
-    from wbc.gradcam import gradcam_heatmap, overlay_heatmap
-    from wbc.pipeline import PREPROCESSING
+    from wbc.gradcam import overlay_heatmap
     from wbc.preprocess import read_image
+    from wbc.runtime import lessons
 
     classes, size = list(config["classes"]), int(config["image_size"])
     out_dir = Path(out_dir)
     written, used = [], set()
     for _, row in predictions[predictions["error"].fillna("") == ""].iterrows():
-        x = PREPROCESSING[config["preprocessing"]](read_model_input(row["path"], size, config.get("preprocess"))[None].astype(np.float32))
-        heat = gradcam_heatmap(model, np.asarray(x, np.float32), class_index=classes.index(row["predicted_label"]))
+        x = read_model_input(row["path"], size, config.get("preprocess"))
+        heat = lessons().gradcam_heatmap(model, x, class_index=classes.index(row["predicted_label"]))
         overlay = overlay_heatmap(read_image(row["path"]), heat, alpha=alpha)
         stem, n = Path(row["path"]).stem, 1
         name = f"{stem}_gradcam.png"

@@ -1,102 +1,28 @@
-"""tf.data input pipeline: split CSV -> batches of (preprocessed images, one-hot labels).
+"""Split folders -> tf.data input: the checks and file handling around notebook 07's pipeline.
 
-One code path reads every image the models see (training, evaluation, prediction, Grad-CAM):
-``tf.io.read_file`` -> ``tf.io.decode_image`` (RGB) -> resize to ``image_size`` -> uint8 pixels
-in [0, 255] -> optional augmentation (training split only, on [0, 255] pixels) -> the
-preprocessing the model needs (``PREPROCESSING``) -> float32.
-
-Images stream from disk in parallel and are prefetched; nothing loads the whole split into
-memory unless ``cache=True`` is asked for (``cache="file/path"`` caches on disk instead).
-TensorFlow is imported inside the functions, so importing this module stays cheap.
+The pipeline itself (``decode_resize``, ``augmentation_layers``, ``make_dataset``) is taught in
+notebook 07 and generated into ``wbc.lessons``. This module reads split CSVs and
+``classes.txt``, checks that every file exists, has a type TensorFlow decodes and a known label
+(so a bad file is named before training starts), and feeds ``make_dataset``. Every image a model
+sees takes one path: decode, resize, raw RGB pixels into the model, which scales them itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
+from wbc import runtime
 from wbc.errors import WbcError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import keras
     import tensorflow as tf
 
 SPLITS = ("train", "val", "test")
 #: File types ``tf.io.decode_image`` reads. TIFF is not among them: run ``preprocess`` first.
 DECODABLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
-
-
-def _preprocess_resnet50(x):
-    """Keras ResNet50's ``preprocess_input`` ("caffe" mode: RGB -> BGR, ImageNet mean subtracted).
-
-    The ImageNet weights were trained on exactly this input (BGR pixels in [0, 255] minus the
-    per-channel ImageNet mean, no scaling), so the pretrained filters only make sense on it.
-    Scaling to [0, 1] instead is a common mistake: the network then sees near-constant images.
-    """
-    from keras.applications.resnet50 import preprocess_input
-
-    return preprocess_input(x)
-
-
-def _preprocess_unit(x):
-    """Scale [0, 255] pixels to [0, 1]: the usual input of small CNNs trained from scratch."""
-    return x / 255.0
-
-
-#: Model input preprocessing by name; ``config.json["preprocessing"]`` stores the name.
-PREPROCESSING: dict[str, Callable] = {"resnet50": _preprocess_resnet50, "unit": _preprocess_unit}
-
-
-def _check_preprocessing(name: str) -> Callable:
-    if name not in PREPROCESSING:
-        raise WbcError(f"unknown preprocessing {name!r}: choose one of {', '.join(PREPROCESSING)}")
-    return PREPROCESSING[name]
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training-time augmentation (Study B's settings); set a field to 0/False to switch it off."""
-
-    rotation: float = 20.0  # degrees, either direction
-    flip_horizontal: bool = True
-    flip_vertical: bool = True
-    zoom: float = 0.1  # +-10 %
-    brightness: float = 0.1  # +-10 % of the [0, 255] range
-
-    def any(self) -> bool:
-        """True when at least one transformation is on."""
-        return bool(self.rotation or self.flip_horizontal or self.flip_vertical or self.zoom
-                    or self.brightness)
-
-
-def augmentation_layers(cfg: AugmentConfig | None = None, seed: int = 0) -> "keras.Sequential":
-    """Keras preprocessing layers for ``cfg``, applied to [0, 255] pixels before preprocessing.
-
-    Rotation is a fraction of a full turn (20 degrees = 20/360), so ``RandomRotation`` gets
-    ``factor=20/360``; ``RandomBrightness`` gets ``value_range=(0, 255)`` because it runs on raw
-    pixels, before ``PREPROCESSING`` (whose output range differs per model).
-    """
-    import keras
-
-    cfg = cfg or AugmentConfig()
-    layers: list = []
-    if cfg.rotation:
-        layers.append(keras.layers.RandomRotation(cfg.rotation / 360.0, fill_mode="reflect",
-                                                  seed=seed, name="random_rotation"))
-    flip = {(True, True): "horizontal_and_vertical", (True, False): "horizontal",
-            (False, True): "vertical"}.get((bool(cfg.flip_horizontal), bool(cfg.flip_vertical)))
-    if flip:
-        layers.append(keras.layers.RandomFlip(flip, seed=seed + 1, name="random_flip"))
-    if cfg.zoom:
-        layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="reflect", seed=seed + 2,
-                                              name="random_zoom"))
-    if cfg.brightness:
-        layers.append(keras.layers.RandomBrightness(cfg.brightness, value_range=(0, 255),
-                                                    seed=seed + 3, name="random_brightness"))
-    return keras.Sequential(layers, name="augmentation")
 
 
 def read_classes(split_dir: str | Path) -> list[str]:
@@ -163,64 +89,26 @@ def label_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     return np.array([index[str(lab)] for lab in labels], dtype=np.int32)
 
 
-def decode_resize(path: "tf.Tensor", image_size: int) -> "tf.Tensor":
-    """Read one image file into a uint8 RGB tensor of shape ``[image_size, image_size, 3]``.
+def split_dataset(source: pd.DataFrame | str | Path, classes: list[str], image_size: int,
+                  batch_size: int, *, augment: bool = False, shuffle: bool = False, seed: int = 0,
+                  cache: bool | str = False) -> "tf.data.Dataset":
+    """``lessons.make_dataset`` (notebook 07) over a split CSV or DataFrame, checked first.
 
-    Grayscale and RGBA files become RGB; the image is stretched to a square (the preprocess
-    stage already made it square), with antialiasing when shrinking.
+    Batches of float32 RGB pixels in [0, 255] (the models scale them themselves) and one-hot
+    labels in ``classes`` order. ``augment=True`` adds notebook 07's augmentation layers (Study
+    B's settings). Missing files, unreadable types and unknown labels raise WbcError before any
+    image is read.
     """
-    import tensorflow as tf
-
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-    image.set_shape([image_size, image_size, 3])
-    return image
-
-
-def make_dataset(source: pd.DataFrame | str | Path, classes: list[str], image_size: int,
-                 batch_size: int, *, preprocessing: str = "unit",
-                 augment: bool | AugmentConfig = False, shuffle: bool = False, seed: int = 0,
-                 cache: bool | str = False, drop_remainder: bool = False) -> "tf.data.Dataset":
-    """A ``tf.data.Dataset`` of ``(images, labels)`` batches from a split CSV or DataFrame.
-
-    Images: float32 ``[B, image_size, image_size, 3]`` after ``PREPROCESSING[preprocessing]``;
-    labels: one-hot float32 ``[B, len(classes)]`` in ``classes`` order. ``augment`` (True or an
-    ``AugmentConfig``) is meant for the training split only; ``shuffle`` reshuffles every epoch
-    with ``seed``; ``cache=True`` keeps decoded images in memory, ``cache="path"`` on disk.
-    Missing files and unknown labels raise WbcError before any image is read.
-    """
-    import tensorflow as tf
-
+    lessons = runtime.lessons()
     frame = _frame(source)
     if frame.empty:
         raise WbcError(f"{source if not isinstance(source, pd.DataFrame) else 'DataFrame'}: no images")
-    preprocess = _check_preprocessing(preprocessing)
     paths = frame["path"].astype(str).tolist()
     labels = label_indices(frame["label"].astype(str).tolist(), classes)
     check_files(paths)
-    n_classes = len(classes)
-
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if shuffle and not cache:  # shuffling file names is cheap: the whole split fits the buffer
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda p, y: (decode_resize(p, image_size), tf.one_hot(y, n_classes)),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache(str(cache) if isinstance(cache, (str, Path)) else "")
-        if shuffle:
-            ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    cfg = augment if isinstance(augment, AugmentConfig) else (AugmentConfig() if augment else None)
-    if cfg is not None and cfg.any():
-        aug = augmentation_layers(cfg, seed=seed)
-        # Sequential on purpose: the layers draw from a seeded generator, so a fixed order of
-        # batches gives the same augmentations for the same seed.
-        ds = ds.map(lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y))
-    ds = ds.map(lambda x, y: (tf.cast(preprocess(tf.cast(x, tf.float32)), tf.float32), y),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    layers = lessons.augmentation_layers(seed=seed) if augment else None
+    return lessons.make_dataset(paths, labels, len(classes), image_size, batch_size, augment=layers,
+                                shuffle=shuffle, seed=seed, cache=cache)
 
 
 def _pixel_batches(paths: Sequence[str | Path], image_size: int, batch_size: int = 64):
@@ -228,6 +116,7 @@ def _pixel_batches(paths: Sequence[str | Path], image_size: int, batch_size: int
 
     paths = [str(p) for p in paths]
     check_files(paths)
+    decode_resize = runtime.lessons().decode_resize
     ds = tf.data.Dataset.from_tensor_slices(paths).map(
         lambda p: decode_resize(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     return paths, ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -247,13 +136,6 @@ def load_raw_images(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
         raise
 
 
-def load_images(paths: Sequence[str | Path], image_size: int, preprocessing: str) -> np.ndarray:
-    """float32 model input ``[N, image_size, image_size, 3]`` for the files (predict, Grad-CAM)."""
-    preprocess = _check_preprocessing(preprocessing)
-    raw = load_raw_images(paths, image_size)
-    return np.asarray(preprocess(raw.astype(np.float32)), dtype=np.float32)
-
-
 def find_undecodable(paths: Sequence[str | Path], image_size: int = 8) -> list[tuple[str, str]]:
     """``(path, reason)`` for each file that the pipeline cannot read (slow: one at a time)."""
     import tensorflow as tf
@@ -261,7 +143,7 @@ def find_undecodable(paths: Sequence[str | Path], image_size: int = 8) -> list[t
     bad = []
     for p in paths:
         try:
-            decode_resize(tf.constant(str(p)), image_size)
+            runtime.lessons().decode_resize(tf.constant(str(p)), image_size)
         except tf.errors.OpError as exc:
             bad.append((str(p), exc.message.splitlines()[0] if exc.message else type(exc).__name__))
     return bad

@@ -46,3 +46,11 @@ def import_tensorflow() -> ModuleType:
 
         tf.config.list_physical_devices()
     return tf
+
+
+def lessons() -> ModuleType:
+    """The generated module of notebook definitions (``wbc.lessons``), TensorFlow started quietly."""
+    import_tensorflow()
+    from wbc import lessons as module
+
+    return module
