@@ -13,12 +13,13 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 WBC_REAL_SAMPLE ?= $(wildcard $(CURDIR)/../shared/real-sample)
 export WBC_REAL_SAMPLE
 
-.PHONY: setup run test test-unit test-notebooks test-notebooks-real lock clean help
+.PHONY: setup lib run test test-unit test-notebooks test-notebooks-real lock clean help
 
 help:
 	@echo "make run    - set up and execute all notebooks (PROFILE=$(PROFILE); outputs/ holds the results)"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make setup  - only create/refresh the virtual environment in $(VENV)"
+	@echo "make lib    - regenerate lib/wbc/lessons.py from the notebooks' #@save cells"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,12 +30,17 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+# The definitions taught in the notebooks (#@save cells) -> lib/wbc/lessons.py (see docs/ARCHITECTURE.md).
+lib: setup
+	$(BIN)/python -m wbc.export
+
 run: setup
 	WBC_PROFILE=$(PROFILE) $(BIN)/python -m wbc.run_notebooks --out outputs/notebooks-$(PROFILE)
 
 test: setup test-unit test-notebooks test-notebooks-real
 
 test-unit: setup
+	$(BIN)/python -m wbc.export --check
 	$(BIN)/python -m pytest -n 2 -q tests
 
 test-notebooks: setup

@@ -3,7 +3,7 @@
     python bench/bench_pipeline.py [--images DIR] [--sizes 64 128] [--models small_resnet resnet50]
 
 1. Input: images/s of one pass over ``make_dataset`` (decode + resize + augmentation +
-   preprocessing, streamed from disk, no cache) at each size.
+   shuffle, streamed from disk, no cache; the models scale pixels themselves) at each size.
 2. Model: training images/s of ``model.train_on_batch`` on an in-memory batch (no input cost),
    after one warm-up step that builds the graph.
 3. Ratio input/model: above 1 means the input pipeline is not the bottleneck.
@@ -48,12 +48,12 @@ def image_table(images: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label"])
 
 
-def input_rate(df: pd.DataFrame, size: int, preprocessing: str, batch: int = 32) -> float:
+def input_rate(df: pd.DataFrame, size: int, batch: int = 32) -> float:
     """Images/s of one streamed pass over ``df`` (training settings: shuffle + augmentation)."""
-    from wbc.pipeline import make_dataset
+    from wbc.pipeline import split_dataset
 
     classes = sorted(df["label"].unique())
-    ds = make_dataset(df, classes, size, batch, preprocessing=preprocessing, augment=True, shuffle=True)
+    ds = split_dataset(df, classes, size, batch, augment=True, shuffle=True)
     next(iter(ds))  # build the graph before timing
     t0, n = time.perf_counter(), 0
     for x, _ in ds:
@@ -70,7 +70,7 @@ def model_rate(name: str, size: int, n_classes: int, batch: int = 32, steps: int
     model = build_model(name, n_classes, size, weights="none" if name == "resnet50" else None)
     model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (batch, size, size, 3)).astype("float32")
+    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")  # raw pixels: models scale them
     y = keras.utils.to_categorical(rng.integers(0, n_classes, batch), n_classes)
     model.train_on_batch(x, y)  # warm-up: graph building
     t0 = time.perf_counter()
@@ -90,10 +90,10 @@ def current_rss_mb() -> float:
 def memory_pass(csv: str, size: int) -> dict:
     """Run in a child process: RSS after the first batch, the highest RSS seen during one pass,
     and the process's lifetime peak (ru_maxrss, which includes importing TensorFlow)."""
-    from wbc.pipeline import make_dataset
+    from wbc.pipeline import split_dataset
 
     df = pd.read_csv(csv)
-    ds = make_dataset(df, sorted(df["label"].unique()), size, 32, shuffle=True, augment=True)
+    ds = split_dataset(df, sorted(df["label"].unique()), size, 32, shuffle=True, augment=True)
     it = iter(ds)
     n = int(next(it)[0].shape[0])
     first = highest = current_rss_mb()
@@ -124,9 +124,7 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|")
     for size in args.sizes:
         for name in args.models:
-            from wbc.models import model_preprocessing
-
-            fed = input_rate(df, size, model_preprocessing(name))
+            fed = input_rate(df, size)
             trained = model_rate(name, size, n_classes)
             print(f"| {size} | {name} | {fed:.0f} | {trained:.1f} | {fed / trained:.1f} |", flush=True)
 

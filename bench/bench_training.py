@@ -52,16 +52,15 @@ def bare_fit(split: Path, model_name: str, size: int, epochs: int, batch: int, s
     """Datasets + build + compile + ``model.fit`` (no callbacks, nothing saved)."""
     import keras
 
-    from wbc.models import build_model, model_preprocessing
-    from wbc.pipeline import load_split, make_dataset, read_classes
+    from wbc.models import build_model
+    from wbc.pipeline import load_split, read_classes, split_dataset
     from wbc.train import set_seeds
 
     set_seeds(seed)
     classes = read_classes(split)
-    args = dict(classes=classes, image_size=size, batch_size=batch,
-                preprocessing=model_preprocessing(model_name), seed=seed)
-    train = make_dataset(load_split(split, "train"), augment=True, shuffle=True, **args)
-    val = make_dataset(load_split(split, "val"), **args)
+    args = dict(classes=classes, image_size=size, batch_size=batch, seed=seed)
+    train = split_dataset(load_split(split, "train"), augment=True, shuffle=True, **args)
+    val = split_dataset(load_split(split, "val"), **args)
     model = build_model(model_name, len(classes), size)
     model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False)
@@ -70,10 +69,11 @@ def bare_fit(split: Path, model_name: str, size: int, epochs: int, batch: int, s
 def project_fit(split: Path, out: Path, model_name: str, size: int, epochs: int, batch: int,
                 seed: int) -> None:
     """``train_model`` with the same settings (everything it writes included)."""
-    from wbc.train import train_model
+    from wbc.train import TrainConfig, train_model
 
-    train_model(split, model_name, out, image_size=size, epochs=epochs, batch_size=batch,
-                seed=seed, patience=epochs, verbose=0, overwrite=True)
+    cfg = TrainConfig(model=model_name, weights="none", image_size=size, epochs=epochs, batch_size=batch,
+                      seed=seed, patience=epochs)
+    train_model(split, out, cfg, verbose=0, overwrite=True)
 
 
 def main() -> None:

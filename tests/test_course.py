@@ -203,3 +203,51 @@ def test_heatmap_colorbar_for_gradcam_overlays():
     assert len([ax for ax in plot_image_gallery(images, ["a", "b", "c"]).axes if ax.get_label() == "<colorbar>"]) == 0
     bar = add_heatmap_colorbar(plot_image_gallery(images, ["a", "b", "c"]), label="importance")
     assert bar.mappable.get_cmap().name == "jet" and bar.ax.get_ylabel() == "importance"
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+def test_ensure_run_trains_once_then_reuses_and_retrains_on_change(ctx, capsys):
+    split_dir = course.ensure_splits(ctx, "all4")
+    cfg = course.baseline_config(ctx, "cnn1", epochs=1, image_size=32)
+    assert cfg.epochs == 1 and cfg.weights == "none" and cfg.seed == ctx.seed
+    first = course.ensure_run(ctx, "all4_cnn1", cfg, split_dir)
+    assert "training cnn1" in capsys.readouterr().out
+    stamp = (first / "model.keras").stat().st_mtime_ns
+    assert course.ensure_run(ctx, "all4_cnn1", cfg, split_dir) == first
+    assert "reusing" in capsys.readouterr().out and (first / "model.keras").stat().st_mtime_ns == stamp
+    other = course.ensure_run(ctx, "all4_cnn1", course.baseline_config(ctx, "cnn1", epochs=1, image_size=32,
+                                                                       lr=2e-3), split_dir)
+    assert other != first and (first / "model.keras").stat().st_mtime_ns == stamp  # the first is kept
+
+
+def test_training_code_follows_the_notebook_definitions(ctx):
+    from wbc.runtime import lessons
+
+    library = course.training_code("cnn1")
+    assert course.training_code("cnn1", {"build_cnn1": lessons().build_cnn1}) == library
+    namespace = {"__name__": "__main__"}
+    exec("def build_cnn1(n_classes, image_size):\n    return None\n", namespace)
+    assert course.training_code("cnn1", namespace) != library  # an edited builder: another run
+    assert course.training_code("cnn2") != library
+
+
+def test_a_notebook_run_folder_is_the_one_ensure_run_reuses(ctx):
+    split_dir = course.ensure_splits(ctx, "all4")
+    cfg = course.baseline_config(ctx, "cnn2", epochs=1, image_size=32)
+    folder = course.run_folder(ctx, "all4_cnn2", cfg, split_dir, course.training_code("cnn2", {}))
+    assert folder.parent == ctx.work_dir / "runs" and folder.name.startswith("all4_cnn2-")
+    changed = course.run_folder(ctx, "all4_cnn2", cfg, split_dir, "other-code")
+    assert changed != folder
+
+
+def test_main_run_config_follows_the_profile_and_resolves_weights(ctx, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no cached ImageNet file
+    from wbc import models
+
+    monkeypatch.setattr(models, "fetch_imagenet_weights",
+                        lambda: (_ for _ in ()).throw(WbcError("offline")))
+    cfg = course.main_run_config(ctx, epochs=None, patience=3)
+    assert (cfg.model, cfg.weights, cfg.epochs, cfg.patience) == ("resnet50", "none", ctx.profile.epochs, 3)
+    assert cfg.fine_tune_epochs == ctx.profile.fine_tune_epochs and cfg.image_size == ctx.profile.image_size
