@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import stat
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,7 +28,7 @@ from typing import Callable
 
 from wbc.config import ALL_DIRNAME, LMU_DIRNAME, PBC_DIRNAME
 from wbc.errors import DownloadError, LayoutError, WbcError
-from wbc.fileio import file_digest, write_text_atomic
+from wbc.fileio import display_path, file_digest, temporary_sibling, write_text_atomic
 
 # --------------------------------------------------------------------------------------------
 # Registry
@@ -133,6 +132,15 @@ REGISTRY: dict[str, DatasetInfo] = {
         counts=BLOODMNIST_SPLITS, suffixes=(".npz",)),
 }
 
+#: Archive limits, checked from the zip directory BEFORE anything is extracted (settable per
+#: call and with --max-archive-gb / --max-archive-entries): the PBC archive unpacks to about
+#: 270 MB in 17,000 files, so these leave ample room and stop a zip bomb or a wrong file.
+MAX_ARCHIVE_BYTES = 20 * 1024 ** 3
+MAX_ARCHIVE_ENTRIES = 200_000
+#: A file larger than this is not decoded as an image by the verification (a cell image is
+#: kilobytes; a mislabelled disk image is not read into memory whole).
+MAX_IMAGE_FILE_BYTES = 256 * 1024 ** 2
+
 RECORD_NAME = ".wbc-downloads.json"  # SHA-256 of the first verified archive, per dataset
 DOWNLOADS_DIRNAME = ".downloads"  # archives kept beside the extracted data
 DEFAULT_SAMPLE = 200  # images decoded per dataset unless verify_all
@@ -163,15 +171,34 @@ def _check_digests(path: Path, url: str, expected: dict[str, str], *, delete: bo
                                 f"{want.lower()}, got {got}. {what}")
 
 
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``(first byte, total length)`` of a Content-Range header (``bytes 100-199/200``,
+    ``bytes */200``); None for what it does not say."""
+    import re
+
+    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
+    if not match:
+        return None, None
+    first, total = match.groups()
+    return (int(first) if first else None), (int(total) if total and total != "*" else None)
+
+
+def _digests_match(path: Path, expected: dict[str, str]) -> bool:
+    return bool(expected) and all(file_digest(path, a) == w.lower() for a, w in expected.items())
+
+
 def fetch_url(url: str, dest: str | os.PathLike, *, expected_md5: str | None = None,
               expected_sha256: str | None = None, chunk: int = 1 << 20, progress: bool = True,
               timeout: float = 60) -> Path:
     """Download ``url`` to ``dest``, resuming ``dest.part`` with an HTTP Range request.
 
     The bytes go to ``dest.part``; only a complete file whose digests match is renamed to
-    ``dest``. A server that ignores Range restarts the download cleanly; an interrupted one
-    keeps the part file so that the next call resumes. An existing ``dest`` is checked and kept.
-    Raises ``DownloadError`` (``ChecksumError`` on a digest mismatch) saying what to do.
+    ``dest``. An interrupted download keeps the part file so that the next call resumes. The
+    download starts again from byte 0, into a fresh part file, when the server ignores Range
+    (200), answers a resume with a Content-Range that does not start where the part file ends,
+    or says the part file is longer than the file itself (416): a part file is only ever
+    extended by the bytes that follow it. An existing ``dest`` is checked and kept. Raises
+    ``DownloadError`` (``ChecksumError`` on a digest mismatch) saying what to do.
     """
     import requests
     from tqdm.auto import tqdm
@@ -184,32 +211,56 @@ def fetch_url(url: str, dest: str | os.PathLike, *, expected_md5: str | None = N
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Accept-Encoding": "identity"}  # byte offsets must refer to the file itself
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    received = 0
+    total: int | None = None
+
+    def restart() -> None:
+        nonlocal offset
+        part.unlink(missing_ok=True)  # a fresh file: none of the old bytes are reused
+        offset = 0
+
     try:
-        with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
-            if resp.status_code == 416 and offset:  # the part file already holds every byte
-                total = offset
-            else:
+        for _attempt in range(3):
+            headers = {"Accept-Encoding": "identity"}  # byte offsets must refer to the file itself
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+                if resp.status_code == 416 and offset:
+                    _, remote = _content_range(resp.headers.get("Content-Range"))
+                    if remote == offset or (remote is None and _digests_match(part, expected)):
+                        total = offset  # the part file already holds every byte
+                        break
+                    restart()  # longer than the remote file (or unknown): discard, fetch again
+                    continue
                 if resp.status_code >= 400:
                     raise DownloadError(f"download of {url} failed: HTTP {resp.status_code} "
                                         f"{resp.reason}. Check the address (or pass --url) and "
                                         "your network, then run the command again.")
-                resumed = offset and resp.status_code == 206 and resp.headers.get(
-                    "Content-Range", "").startswith(f"bytes {offset}-")
-                if not resumed:
-                    offset = 0  # no Range support (or a fresh start): rewrite from byte 0
                 length = resp.headers.get("Content-Length")
-                total = offset + int(length) if length and length.isdigit() else None
-                with open(part, "ab" if resumed else "wb") as fh, tqdm(
+                length = int(length) if length and length.isdigit() else None
+                resumed = False
+                if resp.status_code == 206:
+                    first, remote = _content_range(resp.headers.get("Content-Range"))
+                    if first is None or first != offset or (remote is not None and remote < offset):
+                        restart()  # not the bytes that follow the part file: start over cleanly
+                        continue
+                    resumed = offset > 0
+                    if not resumed:
+                        restart()
+                    total = remote if remote is not None else (offset + length if length is not None else None)
+                else:  # 200: the whole file, whatever was asked
+                    restart()
+                    total = length
+                with open(part, "ab" if resumed else "xb") as fh, tqdm(
                         total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                         desc=dest.name, disable=not progress, leave=False) as bar:
                     for block in resp.iter_content(chunk_size=chunk):
                         fh.write(block)
-                        received += len(block)
                         bar.update(len(block))
+                break
+        else:
+            raise DownloadError(f"download of {url} failed: the server keeps answering with bytes "
+                                "that do not fit the partial file; it was deleted. Run the command "
+                                "again later, or pass another --url.")
     except requests.RequestException as exc:
         have = part.stat().st_size if part.exists() else 0
         raise DownloadError(f"download of {url} was interrupted after {have:,} bytes ({exc}). "
@@ -219,6 +270,10 @@ def fetch_url(url: str, dest: str | os.PathLike, *, expected_md5: str | None = N
     if total is not None and have < total:
         raise DownloadError(f"download of {url} ended early: {have:,} of {total:,} bytes. The "
                             f"partial file {part} is kept: run the same command again to resume.")
+    if total is not None and have > total:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"download of {url} gave {have:,} bytes where the server announced "
+                            f"{total:,}; the file was deleted. Run the command again.")
     _check_digests(part, url, expected, delete=True)
     if not expected and dest.suffix.lower() == ".zip" and not zipfile.is_zipfile(part):
         raise DownloadError(f"download of {url} is not a complete zip archive ({have:,} bytes, no "
@@ -285,8 +340,8 @@ class VerifyReport:
         how = "all of them" if self.checked_all else "a sample; --verify-all decodes all"
         lines.append(f"  decoded {self.decoded:,} files ({how}): "
                      f"{len(self.unreadable)} unreadable")
-        lines += [f"    unreadable: {p} ({why})" for p, why in self.unreadable[:20]]
-        lines += [f"    skipped: {p} ({why})" for p, why in self.skipped[:20]]
+        lines += [f"    unreadable: {display_path(p)} ({why})" for p, why in self.unreadable[:20]]
+        lines += [f"    skipped: {display_path(p)} ({why})" for p, why in self.skipped[:20]]
         if len(self.skipped) > 20:
             lines.append(f"    ... and {len(self.skipped) - 20} more skipped files")
         lines += [f"  note: {n}" for n in self.notes]
@@ -294,11 +349,25 @@ class VerifyReport:
 
 
 def _decode(path: Path):
-    """Decode an image file with OpenCV; returns ``(array, "")`` or ``(None, reason)``."""
+    """Decode an image file with OpenCV; returns ``(array, "")`` or ``(None, reason)``.
+
+    The file's size and its header's pixel count are checked first (``MAX_IMAGE_FILE_BYTES``,
+    ``wbc.preprocess.MAX_PIXELS``), so a huge file or a decompression bomb is reported without
+    being read whole or decoded."""
     import cv2
     import numpy as np
 
+    from wbc.preprocess import MAX_PIXELS
+
     try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            return None, (f"too large for an image file ({size:,} bytes; the limit is "
+                          f"{MAX_IMAGE_FILE_BYTES:,}); not read")
+        dims = _header_dims(path)
+        if dims and dims[0] * dims[1] > MAX_PIXELS:
+            return None, (f"too large: {dims[0]}x{dims[1]} px is above the limit of "
+                          f"{MAX_PIXELS / 1e6:g} megapixels; not decoded")
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         return None, f"cannot be read: {exc}"
@@ -313,6 +382,24 @@ def _decode(path: Path):
     if image is None:
         return None, "not a decodable image"
     return image, ""
+
+
+def _header_dims(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the image header (Pillow reads only the header), else None."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:
+        side = int((2 * (Image.MAX_IMAGE_PIXELS or 0)) ** 0.5) + 1
+        return side, side
+    except Exception:
+        return None
 
 
 def verify_folder(root: str | os.PathLike, expected: dict[str, int], dataset: str, *,
@@ -457,15 +544,74 @@ def _safe_members(archive: Path, zf: zipfile.ZipFile) -> None:
                                 "symbolic link. Delete the archive and download it again.")
 
 
-def _unzip(archive: Path, dest: Path) -> None:
-    """Extract every member of ``archive`` into ``dest`` after the safety checks."""
+def _supported_methods() -> dict[int, str]:
+    methods = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+    try:
+        import bz2  # noqa: F401
+
+        methods[zipfile.ZIP_BZIP2] = "bzip2"
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import lzma  # noqa: F401
+
+        methods[zipfile.ZIP_LZMA] = "lzma"
+    except ImportError:  # pragma: no cover
+        pass
+    return methods
+
+
+def check_archive(archive: Path, zf: zipfile.ZipFile, *, max_bytes: int = MAX_ARCHIVE_BYTES,
+                  max_entries: int = MAX_ARCHIVE_ENTRIES, dest: Path | None = None) -> None:
+    """Refuse, before anything is extracted, an archive that is unsafe or cannot be extracted:
+    paths leaving the folder, symbolic links, more than ``max_entries`` entries or
+    ``max_bytes`` uncompressed bytes (from the zip directory; a zip bomb stops here), more
+    than the free space at ``dest``, encrypted members and unsupported compression methods."""
+    _safe_members(archive, zf)
+    infos = zf.infolist()
+    again = ("Delete it and download it again (or pass --url for another address)")
+    if len(infos) > max_entries:
+        raise DownloadError(f"{archive}: {len(infos):,} entries, more than the limit of "
+                            f"{max_entries:,} (--max-archive-entries); not extracted. This is not "
+                            f"the expected dataset archive? {again}.")
+    total = sum(max(0, i.file_size) for i in infos)
+    if total > max_bytes:
+        raise DownloadError(f"{archive}: unpacks to {total:,} bytes, more than the limit of "
+                            f"{max_bytes:,} (--max-archive-gb); not extracted. {again}, or raise "
+                            "the limit if the archive is right.")
+    if dest is not None:
+        free = shutil.disk_usage(dest).free
+        if total > free:
+            raise DownloadError(f"{archive}: unpacks to {total:,} bytes but only {free:,} are free "
+                                f"in {dest}; not extracted. Free some space and run it again.")
+    methods = _supported_methods()
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise DownloadError(f"{archive}: member {info.filename!r} is encrypted (password "
+                                f"protected); the dataset archives are not. {again}.")
+        if info.compress_type not in methods:
+            raise DownloadError(f"{archive}: member {info.filename!r} uses compression method "
+                                f"{info.compress_type}, which cannot be extracted here (supported: "
+                                f"{', '.join(methods.values())}). Unzip it with another tool "
+                                "(e.g. 7-Zip) and put the folder in place by hand.")
+
+
+def _unzip(archive: Path, dest: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES,
+           max_entries: int = MAX_ARCHIVE_ENTRIES) -> None:
+    """Extract every member of ``archive`` into ``dest`` after the checks of ``check_archive``."""
+    import zlib
+
     try:
         with zipfile.ZipFile(archive) as zf:
-            _safe_members(archive, zf)
+            check_archive(archive, zf, max_bytes=max_bytes, max_entries=max_entries, dest=dest)
             zf.extractall(dest)
     except zipfile.BadZipFile as exc:
-        raise DownloadError(f"{archive} is not a valid zip archive ({exc}); delete it and "
-                            "download it again") from exc
+        raise DownloadError(f"{archive} is not a valid zip archive or is damaged ({exc}); delete "
+                            "it and download it again") from exc
+    except (NotImplementedError, RuntimeError, zlib.error, EOFError, ValueError) as exc:
+        raise DownloadError(f"{archive}: could not be extracted ({type(exc).__name__}: {exc}); "
+                            "delete it and download it again, or unzip it with another tool and "
+                            "put the folder in place by hand") from exc
 
 
 def _find_dir(top: Path, accept: Callable[[Path], bool], depth: int = 3) -> Path | None:
@@ -481,20 +627,24 @@ def _find_dir(top: Path, accept: Callable[[Path], bool], depth: int = 3) -> Path
 
 
 def extract_archive(archive: str | os.PathLike, target: str | os.PathLike,
-                    info: DatasetInfo, *, verify_all: bool = False) -> VerifyReport:
+                    info: DatasetInfo, *, verify_all: bool = False,
+                    max_bytes: int = MAX_ARCHIVE_BYTES,
+                    max_entries: int = MAX_ARCHIVE_ENTRIES) -> VerifyReport:
     """Extract a dataset zip so that ``target`` appears only once complete and verified.
 
     The archive is unpacked into a temporary folder beside ``target``; the dataset root is the
     folder named like ``target`` (at any wrapper depth up to 3, ``__MACOSX`` ignored) or one
     holding every class folder; a single inner zip is unpacked as well. The root is verified
-    and renamed into place; on any failure the temporary folder is removed.
+    and renamed into place; on any failure the temporary folder is removed. ``max_bytes`` and
+    ``max_entries`` bound the archive (``check_archive``), checked before extraction.
     """
     archive, target = Path(archive), Path(target)
     if target.exists():
         raise LayoutError(f"{target} already exists; move it aside to extract {archive} again")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
+    tmp = temporary_sibling(target, "extract")
+    limits = {"max_bytes": max_bytes, "max_entries": max_entries}
     try:
-        _unzip(archive, tmp)
+        _unzip(archive, tmp, **limits)
         tops = {PurePosixPath(k).parts[0] for k in info.counts}
 
         def accept(d: Path) -> bool:
@@ -504,7 +654,7 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike,
         if root is None:
             inner = [p for p in tmp.rglob("*.zip") if "__MACOSX" not in p.parts]
             if len(inner) == 1:
-                _unzip(inner[0], tmp / ".inner")
+                _unzip(inner[0], tmp / ".inner", **limits)
                 root = _find_dir(tmp / ".inner", accept)
         if root is None:
             found = sorted(p.name for p in tmp.iterdir())
@@ -589,8 +739,11 @@ def _existing(info: DatasetInfo, target: Path, report: VerifyReport) -> Download
 
 
 def download_pbc(data_dir: str | os.PathLike, *, url: str | None = None,
-                 verify_all: bool = False, progress: bool = True) -> DownloadResult:
-    """Download the Mendeley PBC archive, verify its content and extract it into place."""
+                 verify_all: bool = False, progress: bool = True,
+                 max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+                 max_archive_entries: int = MAX_ARCHIVE_ENTRIES) -> DownloadResult:
+    """Download the Mendeley PBC archive, verify its content and extract it into place
+    (archive size and entry count checked against the limits first)."""
     info = REGISTRY["pbc"]
     data_dir = _data_dir(data_dir)
     target = data_dir / info.target
@@ -608,7 +761,8 @@ def download_pbc(data_dir: str | os.PathLike, *, url: str | None = None,
                             "'pbc' entry if the dataset owner has published a new archive."
                             ) from exc
     try:
-        report = extract_archive(archive, target, info, verify_all=verify_all)
+        report = extract_archive(archive, target, info, verify_all=verify_all,
+                                 max_bytes=max_archive_bytes, max_entries=max_archive_entries)
     except (LayoutError, DownloadError) as exc:
         raise type(exc)(f"{exc}\nThe archive is kept at {archive}: delete it before trying "
                         "again (with --url for another address).") from exc
@@ -634,20 +788,56 @@ def _kaggle_help(target: Path, exc: BaseException) -> str:
             f"Segmented/ folders in {target}/ (so that {target}/Original/Benign/ exists).")
 
 
-def _link_or_copy_tree(src: Path, dst: Path, names: dict[str, str]) -> None:
-    """Hard-link (or copy) ``src`` into ``dst``, renaming first-level folders via ``names``."""
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        first = names.get(rel.parts[0].casefold(), rel.parts[0])
-        out = dst.joinpath(first, *rel.parts[1:])
-        if path.is_dir():
-            out.mkdir(parents=True, exist_ok=True)
-            continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, out)
-        except OSError:
-            shutil.copy2(path, out)
+def _link_or_copy_tree(src: Path, dst: Path, names: dict[str, str], cache: Path | None = None) -> None:
+    """Hard-link (or copy) ``src`` into ``dst``, renaming first-level folders via ``names``.
+
+    Symbolic links (kagglehub may leave some in its cache) are never carried over as links: a
+    link whose target lies inside ``cache`` (default ``src``) is resolved and its file copied
+    (a linked folder is walked); one that points outside it, or nowhere, is refused with a
+    DownloadError, since the dataset would otherwise depend on (or expose) files elsewhere.
+    """
+    src = Path(src)
+    cache = Path(os.path.realpath(cache or src))
+    seen: set[str] = set()
+
+    def inside(real: str) -> bool:
+        return real == str(cache) or real.startswith(str(cache) + os.sep)
+
+    def copy_from(folder: Path, rel_parts: tuple[str, ...]) -> None:
+        real_folder = os.path.realpath(folder)
+        if real_folder in seen:  # a link loop
+            return
+        seen.add(real_folder)
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            parts = rel_parts + (entry.name,)
+            first = names.get(parts[0].casefold(), parts[0])
+            out = dst.joinpath(first, *parts[1:])
+            path = Path(entry.path)
+            if entry.is_symlink():
+                real = os.path.realpath(path)
+                if not inside(real) or not os.path.exists(real):
+                    where = "points nowhere" if not os.path.exists(real) else f"points outside it, to {real}"
+                    raise DownloadError(f"the Kaggle download holds a symbolic link {display_path(path)} "
+                                        f"that {where} (cache {cache}); refusing to copy it. Delete "
+                                        "the kagglehub cache and download again, or put the folders "
+                                        "in place by hand.")
+                if os.path.isdir(real):
+                    copy_from(Path(real), parts)
+                else:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(real, out)  # a real file, never a link
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                out.mkdir(parents=True, exist_ok=True)
+                copy_from(path, parts)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, out, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(path, out)
+
+    copy_from(src, ())
 
 
 def download_all(data_dir: str | os.PathLike, *, verify_all: bool = False,
@@ -672,13 +862,18 @@ def download_all(data_dir: str | os.PathLike, *, verify_all: bool = False,
         raise LayoutError(f"kagglehub returned {source}, which holds no Original/ and Segmented/ "
                           f"folders (top level: {sorted(p.name for p in source.iterdir())}). "
                           + _kaggle_help(target, LayoutError("unexpected layout")))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.copy-", dir=data_dir))
+    tmp = temporary_sibling(target, "copy")
     try:
         classes = {c.casefold(): c for c in ALL_CLASS_COUNTS}
+        cache = Path(os.path.realpath(source))
         for child in sorted(p for p in root.iterdir() if p.is_dir()):
             version = wanted.get(child.name.casefold())
             if version:
-                _link_or_copy_tree(child, tmp / version, classes)
+                real = os.path.realpath(child)
+                if not (real == str(cache) or real.startswith(str(cache) + os.sep)):
+                    raise DownloadError(f"the Kaggle download's {child.name}/ is a link to {real}, "
+                                        f"outside the kagglehub cache {cache}; refusing to copy it")
+                _link_or_copy_tree(child, tmp / version, classes, cache=cache)
         report = verify_folder(tmp, info.counts, "ALL", suffixes=info.suffixes,
                                verify_all=verify_all)
         if not report.usable:

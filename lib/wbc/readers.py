@@ -6,8 +6,12 @@ Every reader returns ``(manifest, skipped)``:
   (plus ``version`` for ALL), sorted by ``path``; ``label`` is the dataset's own class.
 - ``skipped``: columns ``path, reason``; ``reason`` reads ``"<kind>: <detail>"`` (kinds: hidden
   file, not an image, empty file, unreadable, unknown folder, empty class folder, missing class
-  folder, outside the class folders, unknown prefix, duplicate). Duplicate and unknown-prefix
-  rows are *reported but kept* in the manifest; everything else is left out of it.
+  folder, outside the class folders, unknown prefix, duplicate, unreadable name). Duplicate and
+  unknown-prefix rows are *reported but kept* in the manifest; everything else is left out of it.
+
+A file name that is not valid UTF-8 (written on another system, e.g. Latin-1 ``0xE9``) cannot
+be written into a CSV and read back as the same path, so it is reported as ``unreadable name``
+with its bytes shown as ``\\xNN``, never a crash of ``manifest``.
 
 Files are checked by name, size and their first bytes (JPEG/PNG/TIFF signature), not decoded,
 so reading the full 17k-image PBC release takes seconds. Raw files are only ever read.
@@ -26,7 +30,7 @@ import pandas as pd
 
 from wbc.config import ALL_DIRNAME, LMU_DIRNAME, PBC_DIRNAME
 from wbc.errors import LayoutError, WbcError
-from wbc.fileio import file_digest
+from wbc.fileio import display_path, file_digest, is_utf8_name
 from wbc.labels import ALL_CLASSES, ALL_VERSIONS, LMU_CODES, PBC_CLASSES, PBC_PREFIXES
 
 MANIFEST_COLUMNS = ["path", "source", "source_label", "sub_label", "label"]
@@ -37,6 +41,8 @@ SIGNATURES = {
     b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF", b"MM\x00+": "TIFF",
 }
 DATASET_DIRS = {"pbc": PBC_DIRNAME, "lmu": LMU_DIRNAME, "all": ALL_DIRNAME}
+BAD_NAME_REASON = ("unreadable name: not valid UTF-8 (the bytes are shown as \\xNN); rename it "
+                   "(e.g. convmv -f latin1 -t utf8) to include it")
 _PREFIX = re.compile(r"^([A-Za-z]+)_")
 
 
@@ -151,6 +157,9 @@ def _scan(root: Path, source: str, expected: Sequence[str],
     rows: list[dict] = []
     skipped: list[dict] = []
     for entry in sorted(root.iterdir()):
+        if not is_utf8_name(entry.name):
+            skipped.append({"path": display_path(entry), "reason": BAD_NAME_REASON})
+            continue
         if entry.is_file():
             reason = check_image_file(entry) or "outside the class folders: not read as an image"
             skipped.append({"path": str(entry), "reason": reason})
@@ -164,6 +173,9 @@ def _scan(root: Path, source: str, expected: Sequence[str],
         if not children:
             skipped.append({"path": str(entry), "reason": "empty class folder: no images"})
         for child in children:
+            if not is_utf8_name(child.name):
+                skipped.append({"path": display_path(child), "reason": BAD_NAME_REASON})
+                continue
             if child.is_dir():
                 skipped.append({"path": str(child), "reason": "unknown folder: sub-folder inside "
                                 f"class folder {entry.name}/ not read"})
@@ -238,6 +250,7 @@ def _finish(rows: list[dict], skipped: list[dict], columns: list[str],
             check_duplicates: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     manifest = pd.DataFrame(rows, columns=columns + ["_size"]).sort_values("path", ignore_index=True)
     skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+    skipped_df["path"] = skipped_df["path"].map(display_path)  # always writable as UTF-8 text
     if check_duplicates and not manifest.empty:
         skipped_df = pd.concat([skipped_df, find_cross_label_duplicates(manifest)], ignore_index=True)
     skipped_df = skipped_df.sort_values(["path", "reason"], ignore_index=True)
@@ -280,6 +293,9 @@ def read_all(root: str | os.PathLike, version: str = "Original",
     root = root.resolve()
     manifests, skipped = [], []
     for entry in sorted(root.iterdir()):
+        if not is_utf8_name(entry.name):
+            skipped.append(pd.DataFrame([{"path": display_path(entry), "reason": BAD_NAME_REASON}]))
+            continue
         if entry.name not in ALL_VERSIONS:
             reason = (check_image_file(entry) or "outside the version folders: not read") if entry.is_file() \
                 else f"unknown folder: expected only {', '.join(ALL_VERSIONS)}/"

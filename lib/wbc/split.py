@@ -341,6 +341,21 @@ def _allocate(df: pd.DataFrame, fractions: np.ndarray, seed: int) -> pd.Series:
     return df["group"].map(assignment)
 
 
+def check_labels(manifest: pd.DataFrame) -> None:
+    """WbcError naming the rows whose label is empty (or blank, or holds a line break): such a
+    label would become a blank line in ``classes.txt``, and its images a class without a name."""
+    labels = manifest["label"]
+    text = labels.astype(str)
+    bad = labels.isna() | (text.str.strip() == "") | text.str.contains(r"[\r\n]", regex=True)
+    if bad.any():
+        shown = [f"row {i}: {manifest.at[i, 'path'] if 'path' in manifest.columns else '?'} "
+                 f"(label {labels.at[i]!r})" for i in manifest.index[bad][:10]]
+        more = f"\n  ... and {int(bad.sum()) - 10} more" if bad.sum() > 10 else ""
+        raise WbcError(f"{int(bad.sum())} row(s) have an empty or unusable label (a class needs a "
+                       "non-blank name on one line):\n  " + "\n  ".join(shown) + more
+                       + "\nGive those images a class or remove the rows, then split again.")
+
+
 def split_manifest(manifest: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.12, 0.08), seed: int = 0, *,
                    cross_label: str = "drop_both",
                    phash_threshold: int | None = PHASH_THRESHOLD) -> Splits:
@@ -370,6 +385,7 @@ def split_manifest(manifest: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.
         raise WbcError(f"manifest lacks column(s) {', '.join(missing)}")
     if manifest.empty:
         raise WbcError("manifest is empty: nothing to split")
+    check_labels(manifest)
     df = content_hashes(manifest.reset_index(drop=True))
     df["group"] = duplicate_groups(df, phash_threshold)
     kept, dropped = _resolve_cross_label(df, cross_label)
@@ -451,22 +467,60 @@ def class_counts(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return counts
 
 
+#: The files a split folder holds (``classes.txt`` last: its presence means "complete").
+SPLIT_FILES = ("train.csv", "val.csv", "test.csv", "audit.csv", "classes.txt")
+
+
 def write_split_folder(splits: dict[str, pd.DataFrame], out_dir, *,
                        phash_threshold: int | None = PHASH_THRESHOLD) -> pd.DataFrame:
-    """Write ``train/val/test.csv``, ``audit.csv`` and ``classes.txt`` into ``out_dir``.
+    """Write ``train/val/test.csv``, ``audit.csv`` and ``classes.txt`` into ``out_dir``, as a unit.
 
-    ``classes.txt`` (sorted class names, line order = class index) is written last, so its
-    presence means the folder is complete. Every file is written atomically. Returns the audit.
+    The files are written into a temporary folder beside ``out_dir``, which then replaces it
+    (``wbc.fileio.replace_folder``: the old folder is renamed aside, the new one renamed into
+    place, the old one removed), so ``out_dir`` never mixes files of two splits. Files in an
+    existing ``out_dir`` that a split does not write are carried over into the new folder. The
+    folder is locked while it is written (``wbc.locking``). ``classes.txt`` holds the sorted
+    class names, one per line (line order = class index); an empty label is refused. Returns
+    the audit.
     """
     from pathlib import Path
 
-    from wbc.fileio import write_csv_atomic, write_text_atomic
+    from wbc.fileio import replace_folder, temporary_sibling, write_csv_atomic, write_text_atomic
+    from wbc.locking import FolderLock
 
-    out_dir = Path(out_dir)
-    audit = audit_splits(splits, phash_threshold=phash_threshold)
+    out_dir = Path(os.path.abspath(out_dir))
     for name in SPLITS:
-        write_csv_atomic(splits[name], out_dir / f"{name}.csv")
-    write_csv_atomic(audit, out_dir / "audit.csv")
-    classes = sorted(set().union(*(set(splits[name]["label"]) for name in SPLITS)))
-    write_text_atomic(out_dir / "classes.txt", "".join(f"{c}\n" for c in classes))
+        if name not in splits:
+            raise WbcError(f"the splits lack {name!r}: expected {', '.join(SPLITS)}")
+        check_labels(splits[name])
+    classes = sorted(set().union(*(set(splits[name]["label"].astype(str)) for name in SPLITS)))
+    if not classes:
+        raise WbcError(f"every split is empty: nothing to write to {out_dir}")
+    audit = audit_splits(splits, phash_threshold=phash_threshold)
+    with FolderLock(out_dir, "split"):
+        if out_dir.exists() and not out_dir.is_dir():
+            raise WbcError(f"{out_dir}: exists and is not a folder")
+        tmp = temporary_sibling(out_dir, "new")
+        carried: list[str] = []
+        try:
+            for name in SPLITS:
+                write_csv_atomic(splits[name], tmp / f"{name}.csv")
+            write_csv_atomic(audit, tmp / "audit.csv")
+            write_text_atomic(tmp / "classes.txt", "".join(f"{c}\n" for c in classes))
+            if out_dir.is_dir():
+                for entry in sorted(out_dir.iterdir()):  # not a split's file: carried over, never lost
+                    if entry.name not in SPLIT_FILES:
+                        os.replace(entry, tmp / entry.name)
+                        carried.append(entry.name)
+            replace_folder(tmp, out_dir)
+        except BaseException:
+            for name in carried:  # the old folder is still in place: give its files back
+                if (tmp / name).exists() or (tmp / name).is_symlink():
+                    os.replace(tmp / name, out_dir / name)
+            raise
+        finally:
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
     return audit

@@ -27,6 +27,12 @@ def register(subparsers) -> None:
                         help="BloodMNIST image size (default 28)")
     parser.add_argument("--verify-all", action="store_true",
                         help="decode every image instead of a sample (pbc, all, lmu)")
+    parser.add_argument("--max-archive-gb", type=float, default=None,
+                        help="pbc: refuse an archive that unpacks to more than this many GiB, "
+                             "checked before extracting (default 20)")
+    parser.add_argument("--max-archive-entries", type=int, default=None,
+                        help="pbc: refuse an archive with more entries than this, checked before "
+                             "extracting (default 200000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=main)
 
@@ -41,7 +47,19 @@ def _options(args: argparse.Namespace) -> dict:
         raise WbcError("--size applies to bloodmnist only")
     if args.verify_all and name == "bloodmnist":
         raise WbcError("--verify-all does not apply to bloodmnist (its MD5 covers every byte)")
+    limits = getattr(args, "max_archive_gb", None), getattr(args, "max_archive_entries", None)
+    if any(v is not None for v in limits) and name != "pbc":
+        raise WbcError("--max-archive-gb and --max-archive-entries apply to pbc only (the other "
+                       "datasets are not zip archives)")
     options: dict = {}
+    if limits[0] is not None:
+        if not limits[0] > 0:
+            raise WbcError(f"--max-archive-gb must be above 0, got {limits[0]}")
+        options["max_archive_bytes"] = int(limits[0] * 1024 ** 3)
+    if limits[1] is not None:
+        if limits[1] < 1:
+            raise WbcError(f"--max-archive-entries must be at least 1, got {limits[1]}")
+        options["max_archive_entries"] = limits[1]
     if name in ("pbc", "bloodmnist"):
         options["url"] = args.url
     if name == "bloodmnist":

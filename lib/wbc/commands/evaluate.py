@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wbc.errors import WbcError
+
 
 def register(subparsers) -> None:
     """Add the ``evaluate`` verb."""
@@ -24,11 +26,35 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Evaluate, then print the headline figures and where the files went."""
+    """Evaluate, then print the headline figures and where the files went.
+
+    The run folder is locked while evaluation writes into it (``wbc.locking``); before the model
+    loads, ``wbc.checks`` refuses a corrupt ``model.keras`` and a split folder whose
+    ``classes.txt`` differs from the run's classes."""
+    from wbc import checks
+    from wbc.locking import FolderLock
+
+    if not args.run_dir.is_dir():
+        raise WbcError(f"{args.run_dir}: run folder not found (train one with `python -m wbc train ... --out DIR`)")
+    with FolderLock(args.run_dir, "evaluate"):
+        checks.check_run_dir(args.run_dir)
+        split_dir = args.split_dir or checks.read_run_config(args.run_dir).get("split_dir")
+        if split_dir and Path(split_dir).is_dir():
+            checks.check_split_classes(split_dir, args.run_dir)
+        m = _evaluate(args)
+    _report(m)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
     from wbc.evaluate import evaluate_run
+
+    return evaluate_run(args.run_dir, split=args.split, split_dir=args.split_dir, n_boot=args.n_boot, seed=args.seed)
+
+
+def _report(m: dict) -> None:
     from wbc.metrics import per_class_table
 
-    m = evaluate_run(args.run_dir, split=args.split, split_dir=args.split_dir, n_boot=args.n_boot, seed=args.seed)
     ci = m["ci95"]
     print(f"{m['split']} split: {m['n_images']} images, {len(m['classes'])} classes")
     print(f"accuracy          {m['accuracy']:.4f}  (95% CI {ci['accuracy'][0]:.4f}-{ci['accuracy'][1]:.4f})")
@@ -43,4 +69,3 @@ def main(args: argparse.Namespace) -> int:
     for note in m["notes"]:
         print(f"note: {note}")
     print(f"wrote metrics.json, report.csv, report.md, predictions.csv, confusion_*.csv and figures to {m['out_dir']}")
-    return 0

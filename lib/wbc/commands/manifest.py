@@ -71,6 +71,21 @@ def build(args: argparse.Namespace, data_dir: Path) -> tuple[pd.DataFrame, pd.Da
     return manifest, skipped, None
 
 
+def _unwritable_names(manifest: pd.DataFrame, skipped: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Move rows whose path is not valid UTF-8 (it could not be written into the CSV and read
+    back as the same path) from the manifest to the skipped report, shown with ``\\xNN``."""
+    import pandas as pd
+
+    from wbc.fileio import display_path, is_utf8_name
+    from wbc.readers import BAD_NAME_REASON
+
+    bad = ~manifest["path"].astype(str).map(is_utf8_name).astype(bool) if len(manifest) else None
+    if bad is None or not bad.any():
+        return manifest, skipped
+    moved = pd.DataFrame({"path": manifest.loc[bad, "path"].map(display_path), "reason": BAD_NAME_REASON})
+    return manifest[~bad].reset_index(drop=True), pd.concat([skipped, moved], ignore_index=True)
+
+
 def main(args: argparse.Namespace) -> int:
     """Build the manifest, write the CSVs, print the counts."""
     from wbc.fileio import write_csv_atomic
@@ -80,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
     _check_args(args)
     data_dir = _data_dir(args)
     manifest, skipped, excluded = build(args, data_dir)
+    manifest, skipped = _unwritable_names(manifest, skipped)
     out = args.out
     write_csv_atomic(manifest, out)
     skipped_path = write_csv_atomic(skipped, out.with_name(f"{out.stem}_skipped.csv"))

@@ -32,7 +32,10 @@ def main(args: argparse.Namespace) -> int:
     from wbc.evaluate import check_run_dir, classify_images, gradcam_overlays, image_files, open_run
     from wbc.fileio import write_csv_atomic
 
+    from wbc import checks
+
     check_run_dir(args.run_dir)  # a wrong run folder or image path fails before the model loads
+    checks.check_run_dir(args.run_dir)  # config.json readable, model.keras intact (not "File not found")
     files = image_files(args.paths)
     model, config = open_run(args.run_dir)
     table = classify_images(model, config, files, top_k=args.top_k, skip_unreadable=args.skip_unreadable)

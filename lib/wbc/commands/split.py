@@ -11,7 +11,8 @@ def register(subparsers) -> None:
         "split", help="stratified train/val/test split that keeps duplicates together, with a leakage audit",
         description="Write DIR/train.csv, val.csv, test.csv (manifest columns plus sha256, phash, group), "
                     "DIR/audit.csv (duplicate groups, cross-label copies, missing classes) and "
-                    "DIR/classes.txt. The same manifest and seed give byte-identical files.")
+                    "DIR/classes.txt. The same manifest and seed give byte-identical files. DIR is replaced as a "
+                    "unit (written beside it, then renamed into place); one run at a time writes it.")
     p.add_argument("manifest", type=Path, help="manifest CSV, usually DIR/manifest.csv from `preprocess`")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--fractions", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), default=(0.8, 0.12, 0.08),
@@ -26,14 +27,16 @@ def register(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Split, audit, write the files and print the per-class counts."""
+    from wbc.locking import FolderLock
     from wbc.preprocess import read_manifest_csv
     from wbc.split import SPLITS, class_counts, split_manifest, write_split_folder
 
     manifest = read_manifest_csv(args.manifest)
     threshold = None if args.phash_threshold < 0 else args.phash_threshold
-    splits = split_manifest(manifest, args.fractions, args.seed, cross_label=args.cross_label,
-                            phash_threshold=threshold)
-    audit = write_split_folder(splits, args.out, phash_threshold=threshold)
+    with FolderLock(args.out, "split"):  # taken first: a second writer is told at once
+        splits = split_manifest(manifest, args.fractions, args.seed, cross_label=args.cross_label,
+                                phash_threshold=threshold)
+        audit = write_split_folder(splits, args.out, phash_threshold=threshold)
 
     print(class_counts(splits).to_string())
     for kind, n in audit["kind"].value_counts().sort_index().items():

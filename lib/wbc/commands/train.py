@@ -42,16 +42,37 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the training; errors the user can fix raise WbcError (exit status 2)."""
-    from wbc.train import train_model
+def check_args(args: argparse.Namespace) -> list[str]:
+    """Refuse degenerate input before TensorFlow works: learning rates that are not finite and
+    positive, and a split folder that overlaps, lacks classes or has empty labels
+    (``wbc.checks``). Returns the split folder's classes."""
+    from wbc import checks
 
-    train_model(args.split_dir, args.model, args.out, weights=args.weights,
-                image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-                lr=args.lr, seed=args.seed, fine_tune_epochs=args.fine_tune_epochs,
-                fine_tune_lr=args.fine_tune_lr, augment=args.augment,
-                class_weights=args.class_weights, reduce_lr=args.reduce_lr,
-                patience=args.patience, min_epochs=args.min_epochs, lr_schedule=args.lr_schedule,
-                warmup_epochs=args.warmup_epochs, cache=args.cache, overwrite=args.overwrite,
-                verbose=0 if args.quiet else 1)
+    checks.check_learning_rate(args.lr, "--lr")
+    checks.check_learning_rate(args.fine_tune_lr, "--fine-tune-lr")
+    return checks.check_split_folder(args.split_dir)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the training; errors the user can fix raise WbcError (exit status 2).
+
+    The run folder is locked while it is written (``wbc.locking``): a second ``train`` or an
+    ``evaluate`` on the same folder is refused, naming this one."""
+    from wbc.locking import FolderLock
+
+    check_args(args)
+    with FolderLock(args.out, "train"):
+        _train(args)
     return 0
+
+
+def _train(args: argparse.Namespace) -> None:
+    from wbc.train import TrainConfig, train_model
+
+    cfg = TrainConfig(model=args.model, weights=args.weights, image_size=args.image_size, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, fine_tune_epochs=args.fine_tune_epochs,
+                      fine_tune_lr=args.fine_tune_lr, patience=args.patience, min_epochs=args.min_epochs,
+                      lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, augment=args.augment,
+                      class_weights=args.class_weights, reduce_lr=args.reduce_lr, cache=args.cache,
+                      seed=args.seed)
+    train_model(args.split_dir, args.out, cfg, overwrite=args.overwrite, verbose=0 if args.quiet else 1)
