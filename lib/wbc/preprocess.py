@@ -510,8 +510,48 @@ def _pool_context():
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["wbc.preprocess"])
+        _start_forkserver()
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+_FORKSERVER_PARENT_ENV = "WBC_FORKSERVER_PARENT"
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver (if it does not run yet) so that it dies with this process.
+
+    The forkserver imports this module (its preload); the environment variable set only while
+    it starts tells that import to call ``_set_pdeathsig`` there (``_guard_forkserver``). Without
+    it a forkserver, and the workers that hold its pipe open, could outlive a killed run.
+    """
+    from multiprocessing import forkserver
+
+    os.environ[_FORKSERVER_PARENT_ENV] = str(os.getpid())
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.pop(_FORKSERVER_PARENT_ENV, None)
+
+
+def _set_pdeathsig() -> None:
+    """Linux: have the kernel send SIGKILL to this process when its parent exits."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _guard_forkserver() -> None:
+    """At import: in the forkserver started by ``_start_forkserver``, die with the main process."""
+    parent = os.environ.pop(_FORKSERVER_PARENT_ENV, None)
+    if parent and parent == str(os.getppid()) and "multiprocessing.forkserver" in sys.modules:
+        _set_pdeathsig()
+        if str(os.getppid()) != parent:  # the parent died before the call: go now
+            os._exit(1)
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -521,21 +561,18 @@ WATCHDOG_INTERVAL = 0.2  # seconds between a worker's checks that the run is sti
 def _die_with_parent(main_pid: int) -> None:
     """Make this worker end as soon as the run that started it ends, however it ends.
 
-    A pool worker's parent is the forkserver, which exits when the main process dies (EOF on
-    its pipe). On Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill the worker
-    when its parent exits. Everywhere, a daemon thread checks every 0.2 s that the parent is
-    the same and the main process still runs, and ends the worker otherwise; so does a check
-    right after the prctl call, in case the parent died before it.
+    A pool worker's parent is the forkserver. The forkserver exits on its own only once every
+    holder of its pipe is gone, and the workers hold it too, so a killed run used to leave
+    forkserver and workers waiting forever. Now: on Linux the forkserver gets
+    ``PR_SET_PDEATHSIG`` = SIGKILL at start (``_guard_forkserver``), and so does each worker,
+    so the kernel kills the forkserver when the main process dies and the workers with it.
+    Everywhere, a daemon thread in each worker checks every 0.2 s that its parent is the same
+    and the main process still runs, and ends the worker otherwise (then the forkserver sees
+    its pipe close and exits too); so does a check right after the prctl call, in case the
+    parent died before it.
     """
     parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+    _set_pdeathsig()
 
     def orphaned() -> bool:
         return os.getppid() != parent or not pid_alive(main_pid)
@@ -560,6 +597,9 @@ def _init_worker(main_pid: int | None = None) -> None:
     cv2.setNumThreads(1)
     if main_pid is not None:
         _die_with_parent(main_pid)
+
+
+_guard_forkserver()
 
 
 # ----------------------------------------------------------------------------- resume journal
@@ -717,13 +757,9 @@ def _settings_conflict(out_dir: Path, settings: _Settings, journal: _Journal) ->
         if changed:
             return "its images were made with other settings (" + ", ".join(changed) + ")"
         return None
-    other = journal.keys() - {settings.key}
-    if other:
+    if journal.keys() - {settings.key}:
         return "it holds images of an unfinished run with other settings (progress.jsonl)"
-    images = out_dir / "images"
-    if not journal.entries and images.is_dir() and any(p.is_file() for p in images.rglob("*")):
-        return "it holds images with no record of the settings they were made with"
-    return None
+    return None  # images with no record at all (a run killed before its first record) are redone
 
 
 def _clear_outputs(out_dir: Path) -> None:
