@@ -385,21 +385,10 @@ def _decode(path: Path):
 
 
 def _header_dims(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from the image header (Pillow reads only the header), else None."""
-    import warnings
+    """``(width, height)`` from the image header (only the header is read), else None."""
+    from wbc.preprocess import header_size
 
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError:
-        side = int((2 * (Image.MAX_IMAGE_PIXELS or 0)) ** 0.5) + 1
-        return side, side
-    except Exception:
-        return None
+    return header_size(path)
 
 
 def verify_folder(root: str | os.PathLike, expected: dict[str, int], dataset: str, *,

@@ -152,22 +152,39 @@ def _to_bgr8(img: np.ndarray, path: str) -> np.ndarray:
     raise BadImageError(path, f"unsupported number of channels ({channels})")
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
+def header_size(source: bytes | str | os.PathLike) -> tuple[int, int] | None:
     """``(width, height)`` read from the image header only (Pillow's lazy open: no pixel is
-    decoded), or None when Pillow cannot parse the header (OpenCV then decides)."""
+    decoded), from the file's bytes or its path; None when Pillow cannot parse the header
+    (OpenCV then decides)."""
     from PIL import Image
+
+    def stream():
+        return io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own limit
-            with Image.open(io.BytesIO(data)) as im:
+            with stream() as fh, Image.open(fh) as im:
                 return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError:  # over twice Pillow's own limit: huge for sure
-        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        side = int(limit ** 0.5) + 1
-        return side, side
+    except Image.DecompressionBombError:
+        pass  # over twice Pillow's own limit: read the size with the format's parser directly
     except Exception:  # not parseable by Pillow: let OpenCV try (and fail with a reason)
         return None
+    Image.init()
+    with stream() as fh:
+        prefix = fh.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept and not accept(prefix):
+                continue
+            try:
+                fh.seek(0)
+                im = factory(fh)  # the parser only: Image.open's bomb check is not applied
+                return int(im.size[0]), int(im.size[1])
+            except Exception:
+                continue
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1  # Pillow said it is above this
+    return limit, 1
 
 
 def check_pixel_limit(width: int, height: int, path: str, max_pixels: int | None = MAX_PIXELS) -> None:
