@@ -1,4 +1,5 @@
-"""tf.data input pipeline: shapes, dtypes, value ranges, label order, augmentation, errors."""
+"""tf.data input pipeline (notebook 07's make_dataset, the checked pipeline.split_dataset):
+shapes, dtypes, raw pixel range, label order, augmentation, cache, errors; models scale pixels."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,6 +47,16 @@ def toy_split(tmp_path_factory) -> Path:
     return write_toy_split(tmp_path_factory.mktemp("toy"))
 
 
+def lessons():
+    from wbc.runtime import lessons as load
+
+    return load()
+
+
+def images_of(ds) -> np.ndarray:
+    return np.concatenate([x.numpy() for x, _ in ds])
+
+
 def test_read_classes_and_load_split(toy_split):
     from wbc.pipeline import load_split, read_classes
 
@@ -58,142 +69,191 @@ def test_read_classes_and_load_split(toy_split):
         read_classes(toy_split.parent)
 
 
-@pytest.mark.parametrize("preprocessing", ["unit", "resnet50"])
-def test_batches_have_shapes_dtypes_and_ranges(toy_split, preprocessing):
+def test_batches_have_shapes_dtypes_one_hot_labels_and_raw_pixels(toy_split):
     import tensorflow as tf
 
-    from wbc.pipeline import make_dataset
+    from wbc.pipeline import split_dataset
 
-    ds = make_dataset(toy_split / "train.csv", CLASSES, 32, 5, preprocessing=preprocessing)
-    batches = list(ds)
+    batches = list(split_dataset(toy_split / "train.csv", CLASSES, 32, 5))
     assert [int(x.shape[0]) for x, _ in batches] == [5, 5, 2]
     x, y = batches[0]
     assert x.shape == (5, 32, 32, 3) and x.dtype == tf.float32
     assert y.shape == (5, 3) and y.dtype == tf.float32
-    np.testing.assert_array_equal(y.numpy().sum(axis=1), 1.0)
+    np.testing.assert_array_equal(y.numpy().sum(axis=1), 1.0)  # one-hot: one class per image
+    assert set(np.unique(y.numpy())) == {0.0, 1.0}
     values = np.concatenate([b[0].numpy().ravel() for b in batches])
-    if preprocessing == "unit":
-        assert 0.0 <= values.min() and values.max() <= 1.0 and values.max() > 0.5
-    else:  # caffe mode: BGR minus the ImageNet mean, not scaled
-        assert values.min() < -50 and values.max() > 50
+    assert 0.0 <= values.min() and values.max() <= 255.0 and values.max() > 200  # raw pixels, not scaled
+    np.testing.assert_array_equal(values, np.round(values))  # whole numbers: decoded uint8 values
 
 
-def test_resnet50_preprocessing_is_bgr_minus_imagenet_mean(tmp_path):
+def test_make_dataset_takes_path_and_label_lists(toy_split):
+    from wbc.pipeline import label_indices, load_split, split_dataset
+
+    df = load_split(toy_split, "val")
+    paths, labels = df["path"].tolist(), label_indices(df["label"], CLASSES)
+    ds = lessons().make_dataset(paths, labels, len(CLASSES), 16, 4)
+    np.testing.assert_array_equal(images_of(ds), images_of(split_dataset(df, CLASSES, 16, 4)))
+    y = np.concatenate([y.numpy() for _, y in ds])
+    np.testing.assert_array_equal(y.argmax(axis=1), labels)
+
+
+def test_decode_resize_gives_uint8_rgb_of_the_requested_size(tmp_path):
     import cv2
+    import tensorflow as tf
 
-    from wbc.pipeline import load_images, load_raw_images
+    from wbc.pipeline import load_raw_images
 
     path = tmp_path / "flat.png"  # PNG: lossless, so the pixel values are exact
-    cv2.imwrite(str(path), np.full((16, 16, 3), (30, 20, 10), np.uint8))  # BGR on disk = RGB (10, 20, 30)
-    raw = load_raw_images([path], 16)
-    assert raw.dtype == np.uint8 and raw.shape == (1, 16, 16, 3)
-    np.testing.assert_array_equal(raw[0, 0, 0], [10, 20, 30])
-    x = load_images([path], 16, "resnet50")
-    np.testing.assert_allclose(x[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], atol=1e-3)
-    np.testing.assert_allclose(load_images([path], 16, "unit")[0, 0, 0], np.array([10, 20, 30]) / 255, atol=1e-6)
+    cv2.imwrite(str(path), np.full((20, 12, 3), (30, 20, 10), np.uint8))  # BGR on disk = RGB (10, 20, 30)
+    image = lessons().decode_resize(tf.constant(str(path)), 16)
+    assert image.shape == (16, 16, 3) and image.dtype == tf.uint8
+    np.testing.assert_array_equal(image.numpy()[0, 0], [10, 20, 30])
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((8, 8), 77, np.uint8))  # one channel on disk: three in the pipeline
+    raw = load_raw_images([path, grey], 16)
+    assert raw.dtype == np.uint8 and raw.shape == (2, 16, 16, 3)
+    np.testing.assert_array_equal(raw[1, 3, 3], [77, 77, 77])
 
 
 def test_labels_follow_classes_txt_order(toy_split):
-    from wbc.pipeline import load_split, make_dataset
+    from wbc.pipeline import load_split, split_dataset
 
     df = load_split(toy_split, "train")
     order = ["blue", "red", "green"]  # a different class order gives different one-hot columns
-    ds = make_dataset(df, order, 16, 64)
+    ds = split_dataset(df, order, 16, 64)
     y = next(iter(ds))[1].numpy()
     np.testing.assert_array_equal(y.argmax(axis=1), [order.index(lab) for lab in df["label"]])
 
 
 def test_shuffle_is_seeded_and_reshuffles_each_epoch(toy_split):
-    from wbc.pipeline import make_dataset
+    from wbc.pipeline import split_dataset
 
     def epoch_labels(ds):
         return np.concatenate([y.numpy().argmax(1) for _, y in ds])
 
-    ds = make_dataset(toy_split / "train.csv", CLASSES, 16, 4, shuffle=True, seed=1)
+    ds = split_dataset(toy_split / "train.csv", CLASSES, 16, 4, shuffle=True, seed=1)
     first, second = epoch_labels(ds), epoch_labels(ds)
-    again = epoch_labels(make_dataset(toy_split / "train.csv", CLASSES, 16, 4, shuffle=True, seed=1))
+    again = epoch_labels(split_dataset(toy_split / "train.csv", CLASSES, 16, 4, shuffle=True, seed=1))
     assert sorted(first) == sorted(second)
     np.testing.assert_array_equal(first, again)
-    unshuffled = epoch_labels(make_dataset(toy_split / "train.csv", CLASSES, 16, 4))
+    unshuffled = epoch_labels(split_dataset(toy_split / "train.csv", CLASSES, 16, 4))
     np.testing.assert_array_equal(unshuffled, np.repeat([0, 1, 2], 4))
 
 
-def test_augmentation_is_seeded_and_off_by_default(toy_split):
-    from wbc.pipeline import make_dataset
+def test_augmentation_changes_pixels_not_shapes_is_seeded_and_off_by_default(toy_split):
+    from wbc.pipeline import split_dataset
 
     def images(**kw):
-        return np.concatenate([x.numpy() for x, _ in make_dataset(toy_split / "train.csv", CLASSES, 32, 4, **kw)])
+        return images_of(split_dataset(toy_split / "train.csv", CLASSES, 32, 4, **kw))
 
     plain = images()
     np.testing.assert_array_equal(plain, images())  # no augmentation: identical every time
     a, b, c = images(augment=True, seed=3), images(augment=True, seed=3), images(augment=True, seed=4)
+    assert a.shape == plain.shape
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, plain)
-    assert 0.0 <= a.min() and a.max() <= 1.0  # augmentation runs before preprocessing
+    assert 0.0 <= a.min() and a.max() <= 255.0  # raw pixel range kept (brightness: value_range 0-255)
 
 
-def test_augment_config_switches(toy_split):
-    from wbc.pipeline import AugmentConfig, augmentation_layers, make_dataset
+def test_augmentation_layers_switches_and_settings(toy_split):
+    import keras
+    import tensorflow as tf
 
-    names = [layer.name for layer in augmentation_layers(AugmentConfig(rotation=0, brightness=0)).layers]
-    assert names == ["random_flip", "random_zoom"]
-    rot = augmentation_layers(AugmentConfig()).get_layer("random_rotation")
+    from wbc.pipeline import label_indices, load_split
+
+    L = lessons()
+    assert [type(layer).__name__ for layer in L.augmentation_layers(rotation=0, brightness=0).layers] == \
+        ["RandomFlip", "RandomZoom"]
+    flip, rot, zoom, bright = L.augmentation_layers().layers  # names get suffixes: check the types
+    assert isinstance(rot, keras.layers.RandomRotation) and isinstance(bright, keras.layers.RandomBrightness)
     assert rot.factor == pytest.approx((-20 / 360, 20 / 360))
-    assert list(augmentation_layers(AugmentConfig()).get_layer("random_brightness").value_range) == [0, 255]
-    off = AugmentConfig(rotation=0, flip_horizontal=False, flip_vertical=False, zoom=0, brightness=0)
-    plain = next(iter(make_dataset(toy_split / "train.csv", CLASSES, 32, 4)))[0].numpy()
-    np.testing.assert_array_equal(next(iter(make_dataset(toy_split / "train.csv", CLASSES, 32, 4,
-                                                         augment=off)))[0].numpy(), plain)
+    assert list(bright.value_range) == [0, 255]
+    x = tf.random.uniform((2, 16, 16, 3), 0, 255, seed=1)
+    np.testing.assert_array_equal(L.augmentation_layers()(x, training=False), x)  # inference: identity
+    off = L.augmentation_layers(rotation=0, zoom=0, brightness=0, flips=False)
+    df = load_split(toy_split, "train")
+    args = (df["path"].tolist(), label_indices(df["label"], CLASSES), 3, 32, 4)
+    np.testing.assert_array_equal(images_of(L.make_dataset(*args, augment=off)), images_of(L.make_dataset(*args)))
 
 
 def test_cache_in_memory_and_on_disk_give_the_same_batches(toy_split, tmp_path):
-    from wbc.pipeline import make_dataset
+    from wbc.pipeline import split_dataset
 
-    plain = [x.numpy() for x, _ in make_dataset(toy_split / "val.csv", CLASSES, 16, 4)]
+    plain = [x.numpy() for x, _ in split_dataset(toy_split / "val.csv", CLASSES, 16, 4)]
     for cache in (True, str(tmp_path / "val.cache")):
-        ds = make_dataset(toy_split / "val.csv", CLASSES, 16, 4, cache=cache)
+        ds = split_dataset(toy_split / "val.csv", CLASSES, 16, 4, cache=cache)
         for _ in range(2):  # second pass is served from the cache
-            for got, want in zip([x.numpy() for x, _ in ds], plain):
-                np.testing.assert_array_equal(got, want)
+            got = [x.numpy() for x, _ in ds]
+            assert len(got) == len(plain)
+            for g, want in zip(got, plain):
+                np.testing.assert_array_equal(g, want)
+    assert any(p.name.startswith("val.cache") for p in tmp_path.iterdir())  # the file cache was written
+
+
+def test_cache_keeps_augmentation_random_and_shuffle_per_epoch(toy_split):
+    from wbc.pipeline import split_dataset
+
+    ds = split_dataset(toy_split / "train.csv", CLASSES, 16, 4, augment=True, shuffle=True, seed=2, cache=True)
+    first, second = images_of(ds), images_of(ds)
+    assert first.shape == second.shape and not np.array_equal(first, second)  # new views every epoch
 
 
 def test_unknown_labels_and_missing_files_are_named(toy_split, tmp_path):
-    from wbc.pipeline import load_split, make_dataset
+    from wbc.pipeline import label_indices, load_split, split_dataset
 
     df = load_split(toy_split, "train")
     bad = df.assign(label=["monocyte"] + ["mystery"] + list(df["label"][2:]))
     with pytest.raises(WbcError, match="monocyte, mystery"):
-        make_dataset(bad, CLASSES, 16, 4)
+        split_dataset(bad, CLASSES, 16, 4)
+    with pytest.raises(WbcError, match="mystery"):
+        label_indices(bad["label"], CLASSES)
     gone = df.assign(path=[str(tmp_path / "gone.jpg")] + list(df["path"][1:]))
     with pytest.raises(WbcError, match="gone.jpg"):
-        make_dataset(gone, CLASSES, 16, 4)
+        split_dataset(gone, CLASSES, 16, 4)
     tiff = df.assign(path=[str(tmp_path / "x.tiff")] + list(df["path"][1:]))
     (tmp_path / "x.tiff").write_bytes(b"II*\x00")
     with pytest.raises(WbcError, match="x.tiff.*preprocess"):
-        make_dataset(tiff, CLASSES, 16, 4)
-    with pytest.raises(WbcError, match="unknown preprocessing"):
-        make_dataset(df, CLASSES, 16, 4, preprocessing="imagenet")
+        split_dataset(tiff, CLASSES, 16, 4)
+    with pytest.raises(WbcError, match="no images"):
+        split_dataset(df.iloc[:0], CLASSES, 16, 4)
+    with pytest.raises(WbcError, match="'path' and 'label'"):
+        split_dataset(df.drop(columns="label"), CLASSES, 16, 4)
 
 
-def test_corrupt_image_is_named_by_load_images(tmp_path, toy_split):
-    from wbc.pipeline import load_images, load_split
+def test_corrupt_image_is_named(tmp_path, toy_split):
+    from wbc.pipeline import find_undecodable, load_raw_images, load_split
 
     good = load_split(toy_split, "test")["path"].tolist()[:2]
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"not an image at all")
     with pytest.raises(WbcError, match="corrupt.jpg"):
-        load_images(good + [str(corrupt)], 16, "unit")
-    assert load_images(good, 16, "unit").shape == (2, 16, 16, 3)
+        load_raw_images(good + [str(corrupt)], 16)
+    assert [p for p, _ in find_undecodable(good + [str(corrupt)])] == [str(corrupt)]
+    assert load_raw_images(good, 16).shape == (2, 16, 16, 3)
 
 
-def test_relative_paths_resolve_against_the_csv_folder(toy_split, tmp_path):
-    from wbc.pipeline import load_split
+def test_relative_paths_resolve_against_the_csv_folder(toy_split):
+    from wbc.pipeline import load_split, split_dataset
 
     df = pd.read_csv(toy_split / "test.csv")
     df["path"] = [str(Path("..") / "images" / Path(p).name) for p in df["path"]]
     df.to_csv(toy_split / "relative.csv", index=False)
-    from wbc.pipeline import make_dataset
-
-    x, _ = next(iter(make_dataset(toy_split / "relative.csv", CLASSES, 16, 64)))
+    x, _ = next(iter(split_dataset(toy_split / "relative.csv", CLASSES, 16, 64)))
     assert x.shape[0] == len(df)
     assert all(Path(p).is_file() for p in load_split(toy_split, "test")["path"])
+
+
+def test_cnn_models_scale_raw_pixels_themselves(toy_split):
+    import keras
+
+    from wbc.pipeline import split_dataset
+
+    L = lessons()
+    x, _ = next(iter(split_dataset(toy_split / "val.csv", CLASSES, 32, 8)))  # raw pixels 0..255
+    for build in (L.build_cnn1, L.build_cnn2):
+        model = build(len(CLASSES), 32)
+        scaled = keras.Model(model.input, model.get_layer("scale_0_1").output)(x)
+        np.testing.assert_allclose(scaled.numpy(), x.numpy() / 255, rtol=1e-6)
+        probs = model(x, training=False).numpy()
+        assert probs.shape == (x.shape[0], len(CLASSES))
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 
 
-# ---- notebooks/07_input_pipeline_and_augmentation.ipynb, cell 5 --------------------
+# ---- notebooks/07_input_pipeline_and_augmentation.ipynb, cell 8 --------------------
 
 def decode_resize(path, image_size):
     """Read one image file into uint8 RGB pixels, resized to image_size x image_size."""
@@ -18,7 +18,7 @@ def decode_resize(path, image_size):
     return image
 
 
-# ---- notebooks/07_input_pipeline_and_augmentation.ipynb, cell 6 --------------------
+# ---- notebooks/07_input_pipeline_and_augmentation.ipynb, cell 15 --------------------
 
 def augmentation_layers(rotation=20.0, zoom=0.1, brightness=0.1, flips=True, seed=0):
     """Study B's augmentation as Keras layers, applied to [0, 255] pixels of the training batches."""
@@ -31,10 +31,12 @@ def augmentation_layers(rotation=20.0, zoom=0.1, brightness=0.1, flips=True, see
         layers.append(keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed + 2))
     if brightness:  # value_range: the layer runs on raw pixels, before the model's own scaling
         layers.append(keras.layers.RandomBrightness(brightness, value_range=(0, 255), seed=seed + 3))
+    if not layers:  # everything switched off: pass the images through unchanged
+        layers.append(keras.layers.Identity())
     return keras.Sequential(layers, name="augmentation")
 
 
-# ---- notebooks/07_input_pipeline_and_augmentation.ipynb, cell 7 --------------------
+# ---- notebooks/07_input_pipeline_and_augmentation.ipynb, cell 21 --------------------
 
 def make_dataset(paths, labels, n_classes, image_size, batch_size, *, augment=None, shuffle=False,
                  seed=0, cache=False):
@@ -55,7 +57,7 @@ def make_dataset(paths, labels, n_classes, image_size, batch_size, *, augment=No
     return ds.prefetch(tf.data.AUTOTUNE)  # prepare the next batch while the model computes
 
 
-# ---- notebooks/08_baseline_cnns.ipynb, cell 6 --------------------------------------
+# ---- notebooks/08_baseline_cnns.ipynb, cell 12 --------------------------------------
 
 def build_cnn1(n_classes, image_size, filters=(6, 16), kernels=(5, 3), dense=(120, 84),
                activation="relu"):
@@ -72,7 +74,7 @@ def build_cnn1(n_classes, image_size, filters=(6, 16), kernels=(5, 3), dense=(12
     return keras.Model(inputs, outputs, name="cnn1")
 
 
-# ---- notebooks/08_baseline_cnns.ipynb, cell 7 --------------------------------------
+# ---- notebooks/08_baseline_cnns.ipynb, cell 17 --------------------------------------
 
 STUDY_B_CNN2_BLOCKS = ((6, 5, 1, 0), (12, 3, 1, 0), (32, 3, 1, 1))  # [filters, kernel, stride, padding]
 
@@ -96,7 +98,7 @@ def build_cnn2(n_classes, image_size, blocks=STUDY_B_CNN2_BLOCKS, dense=(120, 84
     return keras.Model(inputs, outputs, name="cnn2")
 
 
-# ---- notebooks/09_resnet50_transfer_model.ipynb, cell 6 ----------------------------
+# ---- notebooks/09_resnet50_transfer_model.ipynb, cell 10 ----------------------------
 
 @keras.saving.register_keras_serializable(package="wbc")
 class ImageNetPreprocess(keras.layers.Layer):
@@ -106,7 +108,7 @@ class ImageNetPreprocess(keras.layers.Layer):
         return keras.applications.resnet50.preprocess_input(pixels)
 
 
-# ---- notebooks/09_resnet50_transfer_model.ipynb, cell 7 ----------------------------
+# ---- notebooks/09_resnet50_transfer_model.ipynb, cell 14 ----------------------------
 
 def build_resnet50_transfer(n_classes, image_size, weights=None, dense_units=256, dropout=0.5, l2=1e-4):
     """Study A's model: raw RGB pixels -> preprocess_input -> ResNet50 (frozen) -> BatchNorm -> Dense -> Dropout -> softmax.
@@ -126,7 +128,7 @@ def build_resnet50_transfer(n_classes, image_size, weights=None, dense_units=256
     return keras.Model(inputs, outputs, name="resnet50_transfer")
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 6 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 8 ------------------------------------
 
 def configure_device(mixed_precision="auto"):
     """Pick the dtype policy and the tf.distribute strategy for the GPUs present (none: float32 on the CPU)."""
@@ -143,7 +145,25 @@ def configure_device(mixed_precision="auto"):
     return tf.distribute.get_strategy()  # the default: one device
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 7 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 15 ------------------------------------
+
+def standard_callbacks(run_dir, patience=5, min_epochs=0, reduce_lr=False):
+    """EarlyStopping, ModelCheckpoint, CSVLogger and TerminateOnNaN (and ReduceLROnPlateau if asked) for one run folder."""
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
+                                      start_from_epoch=min_epochs, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(f"{run_dir}/best.weights.h5", monitor="val_accuracy", mode="max",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.CSVLogger(f"{run_dir}/history.csv", append=True),  # one row per epoch
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if reduce_lr:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                           patience=max(1, patience // 2), min_lr=1e-6))
+    return callbacks
+
+
+# ---- notebooks/10_training_on_gpu.ipynb, cell 17 ------------------------------------
 
 def unfreeze_top(model, first_layer="conv5_block1_1_conv"):
     """Phase 2: make the backbone trainable from `first_layer` upwards, every BatchNorm layer kept frozen."""
@@ -154,24 +174,7 @@ def unfreeze_top(model, first_layer="conv5_block1_1_conv"):
     return [layer.name for layer in model.layers if layer.trainable and layer.weights]
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 8 ------------------------------------
-
-def standard_callbacks(run_dir, patience=5, min_epochs=0, reduce_lr=False):
-    """EarlyStopping, ModelCheckpoint and CSVLogger (and ReduceLROnPlateau if asked) for one run folder."""
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
-                                      start_from_epoch=min_epochs, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(f"{run_dir}/best.weights.h5", monitor="val_accuracy", mode="max",
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.CSVLogger(f"{run_dir}/history.csv", append=True),  # one row per epoch
-    ]
-    if reduce_lr:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                           patience=max(1, patience // 2), min_lr=1e-6))
-    return callbacks
-
-
-# ---- notebooks/10_training_on_gpu.ipynb, cell 9 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 18 ------------------------------------
 
 def fit_two_phase(model, train_ds, val_ds, run_dir, *, epochs, lr, fine_tune_epochs=0, fine_tune_lr=1e-5,
                   patience=5, min_epochs=0, reduce_lr=False, class_weight=None, verbose=1):
@@ -183,16 +186,16 @@ def fit_two_phase(model, train_ds, val_ds, run_dir, *, epochs, lr, fine_tune_epo
                     shuffle=False)  # the tf.data pipeline shuffles already
     histories = [model.fit(train_ds, epochs=epochs, **fit_args)]
     if fine_tune_epochs:
-        unfreeze_top(model)
+        unfreeze_top(model)  # stage 5 trainable, its BatchNorm frozen
         model.compile(optimizer=keras.optimizers.Adam(fine_tune_lr), loss="categorical_crossentropy",
                       metrics=["accuracy"])  # recompile: the trainable set has changed
         done = len(histories[0].epoch)
         histories.append(model.fit(train_ds, initial_epoch=done, epochs=done + fine_tune_epochs, **fit_args))
-    model.load_weights(f"{run_dir}/best.weights.h5")  # the best epoch, whichever phase it was in
+    model.load_weights(f"{run_dir}/best.weights.h5", objects_to_skip=[model.optimizer])  # weights only, best epoch
     return histories
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 10 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 31 ------------------------------------
 
 def build_small_resnet(n_classes, image_size, widths=(32, 64, 128, 256), dropout=0.2, bn_momentum=0.9):
     """A compact ResNet trained from scratch (the CPU recipe): one residual block per width."""
@@ -221,20 +224,20 @@ def build_small_resnet(n_classes, image_size, widths=(32, 64, 128, 256), dropout
 
 def gradcam_heatmap(model, image, class_index=None, layer_name=None):
     """Grad-CAM of one image (raw pixels, H x W x 3): where the evidence for `class_index` lies, in [0, 1]."""
-    if layer_name is None:  # the last layer whose output is still a stack of 2-D feature maps
+    if len(image.shape) != 3:
+        raise ValueError(f"gradcam_heatmap explains one image of shape (H, W, 3), got shape {tuple(image.shape)}")
+    if layer_name is None:  # 1. the last layer whose output is still a grid of feature maps
         layer_name = [layer.name for layer in model.layers if len(layer.output.shape) == 4][-1]
-    grad_model = keras.Model(model.input, [model.get_layer(layer_name).output, model.output])
-    with tf.GradientTape() as tape:
+    grad_model = keras.Model(model.input, [model.get_layer(layer_name).output, model.output])  # 2.
+    with tf.GradientTape() as tape:  # 3. record the forward pass of one image
         maps, probs = grad_model(tf.cast(image, tf.float32)[None], training=False)
         probs = tf.cast(probs, tf.float32)
-        if class_index is None:
+        if class_index is None:  # 4. the predicted class
             class_index = int(tf.argmax(probs[0]))
-        # log-probability minus its mean over classes (= the logit minus the mean logit): unlike the
-        # probability it does not saturate, so confident predictions still get gradients
-        log_probs = tf.math.log(tf.clip_by_value(probs, 1e-30, 1.0))
+        log_probs = tf.math.log(tf.clip_by_value(probs, 1e-30, 1.0))  # 5. = logit - mean logit: no saturation
         score = log_probs[:, class_index] - tf.reduce_mean(log_probs, axis=-1)
-    grads = tf.cast(tape.gradient(score, maps), tf.float32)
-    weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per feature map: its mean gradient
-    cam = tf.nn.relu(tf.reduce_sum(tf.cast(maps, tf.float32) * weights[:, None, None, :], axis=-1))[0]
-    cam = tf.image.resize(cam[..., None], image.shape[:2])[..., 0]  # coarse grid -> image size
+    grads = tf.cast(tape.gradient(score, maps), tf.float32)  # 6. d score / d every map value
+    weights = tf.reduce_mean(grads, axis=(1, 2))  # 7. one weight per feature map: its mean gradient
+    cam = tf.nn.relu(tf.reduce_sum(tf.cast(maps, tf.float32) * weights[:, None, None, :], axis=-1))[0]  # 8.
+    cam = tf.image.resize(cam[..., None], image.shape[:2])[..., 0]  # 9. coarse grid -> image size
     return (cam / tf.maximum(tf.reduce_max(cam), 1e-12)).numpy()
