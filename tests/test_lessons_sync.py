@@ -46,18 +46,37 @@ def test_saved_cells_are_listed_with_their_notebook():
     assert [c[0][:2] for c in cells] == sorted(c[0][:2] for c in cells)  # course order
 
 
-def test_code_fingerprint_sees_edits_but_not_line_numbers():
+def _run_like_ipython(source: str, name: str) -> dict:
+    """Execute ``source`` the way IPython runs a cell: each statement compiled on its own, the
+    cell's text registered in ``linecache`` so ``inspect.getsource`` finds it."""
+    import ast
+    import linecache
+
+    namespace = {"__name__": "__main__"}
+    linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
+    for node in ast.parse(source).body:
+        exec(compile(ast.Module([node], []), name, "exec"), namespace)
+    return namespace
+
+
+def test_code_fingerprint_is_the_same_in_a_notebook_and_in_the_module():
     from wbc import runs
     from wbc.runtime import lessons
 
     L = lessons()
-    base = runs.code_fingerprint(L.fit_two_phase)
-    namespace: dict = {"__name__": "__main__"}  # as in a notebook
-    source = export.render()
-    exec(compile("\n\n\n" + source, "<notebook cell>", "exec"), namespace)  # shifted lines, same code
-    assert runs.code_fingerprint(namespace["fit_two_phase"]) == base
-    edited: dict = {"__name__": "__main__"}
-    exec(compile(source.replace('monitor="val_accuracy", mode="max", patience=patience',
-                                'monitor="val_loss", mode="min", patience=patience'), "<cell>", "exec"), edited)
+    source = "\n\n\n" + export.render()  # other line numbers, same code
+    cell = _run_like_ipython(source, "<ipython-input-1>")
+    for name in ("make_dataset", "build_cnn1", "build_resnet50_transfer", "fit_two_phase"):
+        assert runs.code_fingerprint(cell[name]) == runs.code_fingerprint(getattr(L, name)), name
+
+
+def test_code_fingerprint_follows_edits_in_called_functions():
+    from wbc import runs
+    from wbc.runtime import lessons
+
+    base = runs.code_fingerprint(lessons().fit_two_phase)
+    source = export.render().replace('monitor="val_accuracy", mode="max", patience=patience',
+                                     'monitor="val_loss", mode="min", patience=patience')
+    edited = _run_like_ipython(source, "<ipython-input-2>")
     # fit_two_phase itself is unchanged, but the callbacks it calls are not: the fingerprint follows callees
     assert runs.code_fingerprint(edited["fit_two_phase"]) != base

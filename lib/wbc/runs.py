@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import shutil
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -36,6 +37,19 @@ def is_complete(run_dir: str | Path) -> bool:
     return all((Path(run_dir) / name).is_file() for name in RUN_FILES)
 
 
+def _source(obj) -> bytes:
+    """The source text of a function (IPython keeps a cell's source too), else its compiled code.
+
+    Source, not bytecode: IPython compiles each statement of a cell on its own, and CPython then
+    emits other instructions for ``keras.Model(...)`` than in a module that imports ``keras`` at
+    the top, so the same function would hash differently in a notebook and in ``wbc.lessons``.
+    """
+    try:
+        return textwrap.dedent(inspect.getsource(obj)).encode()
+    except (OSError, TypeError):  # defined by exec() without a source file
+        return _code_bytes(obj.__code__)
+
+
 def _code_bytes(code) -> bytes:
     parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
     for const in code.co_consts:
@@ -54,8 +68,8 @@ def _names(code) -> set[str]:
 def code_fingerprint(*objects: Callable) -> str:
     """A short hash of the code of ``objects`` and of every notebook function they call.
 
-    Compiled code, defaults and constants count; line numbers and file names do not, so a
-    function defined in a notebook cell and the same function in ``wbc.lessons`` agree.
+    The source text and the default values count; where the function sits (file, line) does
+    not, so a function defined in a notebook cell and its copy in ``wbc.lessons`` agree.
     """
     digest, seen = hashlib.sha256(), set()
 
@@ -70,7 +84,7 @@ def code_fingerprint(*objects: Callable) -> str:
                     visit(attr)
             return
         code = obj.__code__
-        digest.update(_code_bytes(code) + repr((obj.__defaults__, obj.__kwdefaults__)).encode())
+        digest.update(_source(obj) + repr((obj.__defaults__, obj.__kwdefaults__)).encode())
         for name in sorted(_names(code)):
             target = obj.__globals__.get(name)
             if (inspect.isfunction(target) or inspect.isclass(target)) and \
