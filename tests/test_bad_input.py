@@ -190,8 +190,8 @@ def test_killed_subprocess_leaves_only_complete_outputs_and_resumes(tmp_path):
     assert quarantine.empty and len(processed) == len(paths)
     counts = processed.attrs["counts"]
     assert counts["processed"] + counts["skipped"] == len(paths)
-    if killed:  # the kill came mid-run: finished outputs were kept, the rest done now
-        assert counts["processed"] > 0
+    if killed:  # the kill came mid-run: finished (journaled) outputs were kept, the rest done now
+        assert counts["skipped"] > 0  # (under heavy load the kill may land after the last image)
     for path in processed["path"]:
         assert read_image(path).shape == (64, 64, 3)
     assert not list(out.rglob("*.part*"))

@@ -46,7 +46,8 @@ def lock_path(folder: str | os.PathLike) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process with this PID exists on this host."""
+    """True when a process with this PID runs on this host (a zombie, dead but not yet reaped,
+    does not count)."""
     if pid <= 0:
         return False
     try:
@@ -54,10 +55,15 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     except OSError:
         return False
-    return True
+    try:  # Linux: the state letter follows the command name in parentheses
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def read_holder(path: str | os.PathLike) -> dict | None:
