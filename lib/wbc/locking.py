@@ -40,9 +40,10 @@ _HELD_GUARD = threading.Lock()
 
 
 def lock_path(folder: str | os.PathLike) -> Path:
-    """The lock file of ``folder``: ``<parent>/.<name>.lock``."""
+    """The lock file of ``folder``: ``<parent>/.<name>.lock`` (the parent's symbolic links
+    resolved, so every spelling of one folder gives one lock file)."""
     folder = Path(os.path.abspath(folder))
-    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+    return Path(os.path.realpath(folder.parent)) / f".{folder.name}{LOCK_SUFFIX}"
 
 
 def pid_alive(pid: int) -> bool:
