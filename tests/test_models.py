@@ -1,4 +1,4 @@
-"""Models: parameter counts, the flat ResNet50 with its head, weights files, unfreezing, errors."""
+"""Models: builders by name (wbc.lessons), raw pixels in, parameter counts, weights files, unfreezing, errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +23,7 @@ def resnet_from_files(tmp_path_factory):
     import keras
     from keras.src.legacy.saving import legacy_h5_format
 
-    from wbc.models import build_resnet50_transfer
+    from wbc.models import build_model
 
     folder = tmp_path_factory.mktemp("weights")
     keras.utils.set_random_seed(7)
@@ -32,8 +32,8 @@ def resnet_from_files(tmp_path_factory):
     base.save_weights(modern)
     with h5py.File(legacy, "w") as f:  # the layout of the official *_notop.h5 ImageNet file
         legacy_h5_format.save_weights_to_hdf5_group(f, base)
-    model = build_resnet50_transfer(4, 32, weights=modern)
-    return base, model, legacy
+    model = build_model("resnet50", 4, 32, weights=modern)
+    return base, model, legacy, folder
 
 
 def _backbone_weights_equal(base, model) -> bool:
@@ -42,11 +42,22 @@ def _backbone_weights_equal(base, model) -> bool:
     return len(pairs) == 318 and all(np.array_equal(w, v) for w, v in pairs)
 
 
+def test_build_model_dispatches_to_the_lesson_builders():
+    from wbc import lessons
+    from wbc.models import MODEL_NAMES, build_model
+
+    assert MODEL_NAMES == ("resnet50", "cnn1", "cnn2", "small_resnet")
+    model = build_model("cnn1", 3, 48, filters=(8, 8), kernels=(3, 3), dense=(32, 16), activation="tanh")
+    reference = lessons.build_cnn1(3, 48, filters=(8, 8), kernels=(3, 3), dense=(32, 16), activation="tanh")
+    assert [layer.name for layer in model.layers] == [layer.name for layer in reference.layers]
+    assert model.count_params() == reference.count_params()
+
+
 @pytest.mark.slow
 def test_resnet50_transfer_is_flat_with_frozen_base_and_study_head(resnet_from_files):
     import keras
 
-    base, model, _ = resnet_from_files
+    base, model, _, _ = resnet_from_files
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # flat: no nested model
     assert model.get_layer("conv5_block3_out").output.shape == (None, 1, 1, 2048)
     assert [layer.name for layer in model.layers[-5:]] == ["avg_pool", "head_bn", "head_dense", "head_dropout", "predictions"]
@@ -54,38 +65,76 @@ def test_resnet50_transfer_is_flat_with_frozen_base_and_study_head(resnet_from_f
     # head: BN(2048) = 4 x 2048 = 8,192 (half of it trainable); Dense(2048->256) = 524,544; Dense(256->4) = 1,028
     assert model.count_params() == RESNET50_NOTOP + 8_192 + 524_544 + 1_028 == 24_121_476
     assert _count(model.trainable_weights) == 4_096 + 524_544 + 1_028 == 529_668
+    assert _count(model.non_trainable_weights) == RESNET50_NOTOP + 4_096
     assert model.get_layer("head_dense").kernel_regularizer is not None
     assert _backbone_weights_equal(base, model)  # loaded from the Keras 3 file the test saved
 
 
 @pytest.mark.slow
-def test_official_legacy_notop_file_layout_loads(resnet_from_files):
-    from wbc.models import build_resnet50_transfer
+def test_resnet50_takes_raw_pixels_through_imagenet_preprocessing(resnet_from_files):
+    import keras
 
-    base, _, legacy = resnet_from_files
-    assert _backbone_weights_equal(base, build_resnet50_transfer(4, 32, weights=legacy))
+    model = resnet_from_files[1]
+    assert model.layers[1].name == "imagenet_preprocess"
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    inner = keras.Model(model.input, model.get_layer("imagenet_preprocess").output)(pixels).numpy()
+    np.testing.assert_allclose(inner, keras.applications.resnet50.preprocess_input(pixels.copy()), atol=1e-4)
+    np.testing.assert_allclose(model.predict(pixels, verbose=0).sum(axis=1), 1.0, rtol=1e-5)
+    # frozen BatchNorm runs in inference mode: the backbone's features ignore training=True
+    features = keras.Model(model.input, model.get_layer("avg_pool").output)
+    np.testing.assert_allclose(features(pixels, training=True), features(pixels, training=False), atol=1e-5)
 
 
 @pytest.mark.slow
-def test_unfreeze_top_keeps_batchnorm_frozen(resnet_from_files):
+def test_official_legacy_notop_file_layout_loads(resnet_from_files):
+    from wbc.models import build_model
+
+    base, _, legacy, _ = resnet_from_files
+    assert _backbone_weights_equal(base, build_model("resnet50", 4, 32, weights=legacy))
+
+
+@pytest.mark.slow
+def test_whole_model_weights_file_loads(resnet_from_files):
+    from wbc.models import build_model
+
+    _, model, _, folder = resnet_from_files
+    head = model.get_layer("head_dense")
+    head.kernel.assign(np.full(head.kernel.shape, 0.5, "float32"))
+    whole = folder / "whole.weights.h5"
+    model.save_weights(whole)
+    again = build_model("resnet50", 4, 32, weights=whole)
+    for w, v in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(w, v)
+    cnn = build_model("cnn2", 4, 48)
+    cnn.save_weights(folder / "cnn2.weights.h5")
+    loaded = build_model("cnn2", 4, 48, weights=folder / "cnn2.weights.h5")
+    assert all(np.array_equal(w, v) for w, v in zip(cnn.get_weights(), loaded.get_weights()))
+
+
+@pytest.mark.slow
+def test_unfreeze_top_keeps_backbone_batchnorm_frozen():
     import keras
 
-    from wbc.models import unfreeze_top
+    from wbc.lessons import unfreeze_top
+    from wbc.models import build_model
 
-    model = resnet_from_files[1]
+    model = build_model("resnet50", 4, 32, weights="none")
+    before = _count(model.trainable_weights)
     unfrozen = unfreeze_top(model)  # default: stage 5 (conv5_block1 .. conv5_block3)
-    assert unfrozen and all(name.startswith("conv5_") for name in unfrozen)
-    batchnorms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    backbone_bn = [layer for layer in batchnorms if layer.name != "head_bn"]
-    assert backbone_bn and not any(layer.trainable for layer in backbone_bn)
+    stage5 = [layer for layer in model.layers if layer.name.startswith("conv5_") and isinstance(layer, keras.layers.Conv2D)]
+    assert len(stage5) == 10 and set(unfrozen) == {layer.name for layer in stage5} | {"head_bn", "head_dense", "predictions"}
+    # block1: 0_conv 1024x2048+2048, 1_conv 1024x512+512, 2_conv 3x3x512x512+512, 3_conv 512x2048+2048 = 6,034,432;
+    # blocks 2 and 3: 2048x512+512 + 2,359,808 + 1,050,624 = 4,459,520 each
+    assert _count(model.trainable_weights) - before == sum(layer.count_params() for layer in stage5) == 14_953_472
+    backbone_bn = [layer for layer in model.layers
+                   if isinstance(layer, keras.layers.BatchNormalization) and layer.name != "head_bn"]
+    assert len(backbone_bn) == 53 and not any(layer.trainable for layer in backbone_bn)
     assert model.get_layer("head_bn").trainable  # the head's BatchNorm keeps training in phase 2
-    assert model.get_layer("conv5_block1_1_conv").trainable and model.get_layer("conv5_block1_0_conv").trainable
+    assert model.get_layer("conv5_block1_0_conv").trainable  # the shortcut convolution of block 1 too
     assert not model.get_layer("conv4_block6_3_conv").trainable
-    assert model.get_layer("head_dense").trainable
-    unfreeze_top(model, n_blocks=4)  # one block more: conv4_block6
+    unfreeze_top(model, "conv4_block6_1_conv")  # one block more
     assert model.get_layer("conv4_block6_1_conv").trainable and not model.get_layer("conv4_block5_1_conv").trainable
-    with pytest.raises(WbcError, match="n_blocks"):
-        unfreeze_top(model, n_blocks=99)
+    assert not model.get_layer("conv4_block6_1_bn").trainable
 
 
 def test_imagenet_download_failure_names_url_cache_and_alternatives(monkeypatch, tmp_path, capsys):
@@ -98,17 +147,21 @@ def test_imagenet_download_failure_names_url_cache_and_alternatives(monkeypatch,
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     monkeypatch.setattr(keras.utils, "get_file", offline)
-    with pytest.raises(WbcError) as info:
-        models.build_model("resnet50", 4, 32, weights="imagenet")
-    message = str(info.value)
-    assert models.RESNET50_NOTOP_URL in message
-    assert str(tmp_path / "keras-home" / "models" / models.RESNET50_NOTOP_FILE) in message
-    assert "--weights PATH" in message and "--weights none" in message
-    assert "network is unreachable" in message
+    for call in (lambda: models.build_model("resnet50", 4, 32, weights="imagenet"),
+                 lambda: models.weights_file("imagenet")):
+        with pytest.raises(WbcError) as info:  # never a silent fall-back to random weights
+            call()
+        message = str(info.value)
+        assert models.RESNET50_NOTOP_URL in message
+        assert str(tmp_path / "keras-home" / "models" / models.RESNET50_NOTOP_FILE) in message
+        assert "--weights PATH" in message and "--weights none" in message
+        assert "network is unreachable" in message
     # "auto" falls back to random weights, but loudly
     assert models.resolve_weights("auto") == "none"
     assert "RANDOM" in capsys.readouterr().err
+    assert models.weights_file("auto") is None
     assert models.resolve_weights("imagenet") == "imagenet"
+    assert models.weights_file("none") is None and models.weights_file(None) is None
 
 
 def test_weights_path_errors(tmp_path):
@@ -140,19 +193,31 @@ def test_parameter_counts(name, expected):
     assert expected == {"cnn1": 388_280, "cnn2": 203_388, "small_resnet": 1_230_308}[name]
 
 
-def test_cnn_knobs_and_outputs():
+@pytest.mark.parametrize("name", ["cnn1", "cnn2", "small_resnet"])
+def test_small_models_take_raw_pixels(name):
     import keras
 
-    from wbc.models import build_cnn1, build_cnn2, build_model, model_preprocessing
+    from wbc.models import build_model
 
-    model = build_cnn1(3, 48, filters=(8, 8), kernel_size=(3, 3), activation="tanh", dense_units=(32, 16), dropout=0.2)
+    model = build_model(name, 5, 48)
+    scale = model.layers[1]
+    assert isinstance(scale, keras.layers.Rescaling) and scale.scale == pytest.approx(1 / 255)
+    probs = model(np.full((2, 48, 48, 3), 255.0, np.float32)).numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
+
+
+def test_cnn_knobs():
+    import keras
+
+    from wbc.models import build_model
+
+    model = build_model("cnn1", 3, 48, filters=(8, 8), kernels=(3, 3), activation="tanh", dense=(32, 16))
     assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [8, 8]
     assert model.get_layer("fc1").units == 32 and model.get_layer("fc1").activation.__name__ == "tanh"
-    shallow = build_cnn2(3, 48, depth=2, filters_scale=2)
+    shallow = build_model("cnn2", 3, 48, blocks=((12, 3, 1, 0), (24, 3, 1, 1)), dropout=0.2)
     assert [layer.filters for layer in shallow.layers if isinstance(layer, keras.layers.Conv2D)] == [12, 24]
-    probs = build_model("small_resnet", 5, 32)(np.zeros((2, 32, 32, 3), np.float32)).numpy()
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    assert model_preprocessing("resnet50") == "resnet50" and model_preprocessing("cnn2") == "unit"
+    assert shallow.get_layer("dropout1").rate == 0.2
 
 
 def test_model_errors():
@@ -160,8 +225,9 @@ def test_model_errors():
 
     with pytest.raises(WbcError, match="unknown model 'vgg16'"):
         build_model("vgg16", 4, 64)
-    with pytest.raises(WbcError, match="no ImageNet weights"):
-        build_model("cnn1", 4, 64, weights="imagenet")
+    for name in ("cnn1", "cnn2", "small_resnet"):
+        with pytest.raises(WbcError, match="no ImageNet weights"):
+            build_model(name, 4, 64, weights="imagenet")
     with pytest.raises(WbcError, match="image size 8"):
         build_model("cnn2", 4, 8)
     with pytest.raises(WbcError, match="bad option"):

@@ -51,8 +51,9 @@ class TrainConfig:
     seed: int = 0
     model_options: tuple = ()  # builder keyword arguments as (name, value) pairs, e.g. (("dropout", 0.3),)
 
-    def check(self) -> None:
-        """Raise WbcError for settings no training can use."""
+    def check(self, n_classes: int | None = None) -> None:
+        """Raise WbcError for settings no training can use (and, given ``n_classes``, for a
+        split with fewer than two classes)."""
         from wbc.models import MODEL_NAMES
 
         if self.model not in MODEL_NAMES:
@@ -61,7 +62,8 @@ class TrainConfig:
             raise WbcError("epochs, batch_size and image_size must be at least 1")
         for name in ("lr", "fine_tune_lr"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value > 0):
                 raise WbcError(f"{name} must be a finite number above 0, got {value!r}")
         if self.fine_tune_epochs and self.model != "resnet50":
             raise WbcError("fine_tune_epochs applies to resnet50 only (the others train fully from the start)")
@@ -69,6 +71,8 @@ class TrainConfig:
             raise WbcError("choose either reduce_lr or lr_schedule, not both (both change the learning rate)")
         if self.lr_schedule not in (None, "cosine"):
             raise WbcError(f"unknown lr_schedule {self.lr_schedule!r}: use None or 'cosine'")
+        if n_classes is not None and n_classes < 2:
+            raise WbcError(f"{n_classes} class(es): a classifier needs at least two")
 
     def as_dict(self) -> dict:
         """The settings as a JSON-ready dict."""
@@ -148,8 +152,10 @@ def train_model(split_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *,
     if not split_dir.is_dir():
         raise WbcError(f"{split_dir}: split folder not found (run `python -m wbc split` first)")
     classes = read_classes(split_dir)
-    if len(classes) < 2:
-        raise WbcError(f"{split_dir / 'classes.txt'}: {len(classes)} class; a classifier needs at least two")
+    try:
+        cfg.check(n_classes=len(classes))
+    except WbcError as exc:
+        raise WbcError(f"{split_dir / 'classes.txt'}: {exc}") from None
     train_df, val_df = load_split(split_dir, "train"), load_split(split_dir, "val")
     weights = cfg.weights or ("imagenet" if cfg.model == "resnet50" else None)
     lessons = runtime.lessons()
