@@ -173,7 +173,7 @@ def _gpu_check(say) -> list:
     if gpus:
         say(f"GPU: {len(gpus)} found: " + ", ".join(g.name for g in gpus))
         say("Mixed precision (float16 maths, float32 weights) speeds up training on GPUs with "
-            "tensor cores; the training notebooks switch it on with wbc.train.configure_device.")
+            "tensor cores; notebook 10 switches it on with configure_device (keras.mixed_precision).")
     else:
         say("WARNING: no GPU found. Everything runs, but training on the CPU is slow: keep the "
             "'ci' or 'demo' profile here. For a GPU: Colab: Runtime > Change runtime type > GPU; "
