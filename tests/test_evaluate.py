@@ -42,19 +42,21 @@ def run_dir(tmp_path_factory):
     split_dir = write_split(root / "split")
     keras.utils.set_random_seed(1)
     inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Rescaling(1 / 255)(inputs)  # raw pixels in, as every course model
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(3, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     run = root / "run"
     run.mkdir()
     model.save(run / "model.keras")
-    config = {"model": "tiny", "classes": CLASSES, "image_size": SIZE, "preprocessing": "unit",
-              "split_dir": str(split_dir)}
+    config = {"model": "tiny", "classes": CLASSES, "image_size": SIZE, "split_dir": str(split_dir),
+              "phase1_epochs": 2}
     (run / "config.json").write_text(json.dumps(config))
-    pd.DataFrame({"phase": [1, 1, 2, 2], "epoch": [1, 2, 3, 4], "loss": [1.2, 1.0, 0.8, 0.7],
-                  "accuracy": [0.4, 0.5, 0.6, 0.7], "val_loss": [1.1, 1.0, 0.9, 0.9],
-                  "val_accuracy": [0.4, 0.45, 0.5, 0.55]}).to_csv(run / "history.csv", index=False)
+    # history.csv as Keras' CSVLogger writes it: epochs counted from 0, no phase column
+    pd.DataFrame({"epoch": [0, 1, 2, 3], "accuracy": [0.4, 0.5, 0.6, 0.7], "loss": [1.2, 1.0, 0.8, 0.7],
+                  "val_accuracy": [0.4, 0.45, 0.5, 0.55], "val_loss": [1.1, 1.0, 0.9, 0.9]}
+                 ).to_csv(run / "history.csv", index=False)
     return run
 
 
@@ -111,11 +113,11 @@ def test_predict_split_matches_the_model_on_the_same_pixels(run_dir):
     import keras
 
     from wbc.evaluate import predict_split
-    from wbc.pipeline import load_images
+    from wbc.pipeline import load_raw_images
 
     table = predict_split(run_dir, split="val")
     model = keras.models.load_model(run_dir / "model.keras")
-    expected = model.predict(load_images(table["path"], SIZE, "unit"), verbose=0)
+    expected = model.predict(load_raw_images(table["path"], SIZE).astype("float32"), verbose=0)  # raw pixels in
     np.testing.assert_allclose(table[[f"p_{c}" for c in CLASSES]].to_numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -177,6 +179,8 @@ def test_gradcam_overlays_are_written_at_the_original_size(run_dir, tmp_path):
     written = gradcam_overlays(model, config, table, tmp_path / "cams")
     assert [p.name for p in written] == [f.stem + "_gradcam.png" for f in files]
     assert cv2.imread(str(written[0])).shape == (20, 24, 3)
+    again = gradcam_overlays(model, config, pd.concat([table, table]), tmp_path / "twice")  # same file twice
+    assert [p.name for p in again][2:] == [f.stem + "_2_gradcam.png" for f in files]
 
 
 # ----------------------------------------------------------------------------- figures

@@ -1,35 +1,29 @@
-"""Experiments built from training runs: reusable runs, a hyperparameter grid, external validation.
+"""Experiment plumbing for notebooks 08-13: the published numbers, the study design, external splits.
 
-- :func:`ensure_run` trains once into ``<work_dir>/runs/<name>`` and reuses the run while the
-  request (model, split files, every training setting) is unchanged, so each notebook can run
-  alone and re-runs are cheap.
-- :func:`one_factor_at_a_time` + :func:`run_grid` + :func:`summarise_grid` + :func:`plot_grid`:
-  Study B's question (how learning rate, filters, kernel size, depth, activation and dropout
-  change accuracy and F1), one factor at a time around a baseline, same data and seed for every
-  configuration, optionally several seeds to show the noise. Finished configurations are kept in
-  ``results.csv`` and skipped on re-run.
+- :func:`published_results`, :func:`measured_result`, :func:`comparison_table`: our measured
+  results beside the two studies' published ones, each row with its conditions.
+- :func:`one_factor_at_a_time` and :func:`study_settings`: the design of Study B's question (how
+  learning rate, filters, kernel size, depth, activation and dropout change accuracy and F1), one
+  factor at a time around a baseline. Notebook 12 trains and scores the configurations in its cells.
 - :func:`build_external_split`: train on one source (PBC), test on the other (LMU), restricted to
   the classes both sources share, with wbc10 labels.
-- :func:`comparison_table`: our measured results beside the two studies' published ones.
+- :func:`generalisation_gap`: training minus validation accuracy per epoch (notebook 10).
 
-TensorFlow is imported inside the functions that train or predict, never at import time.
+TensorFlow is never imported here.
 """
 from __future__ import annotations
 
 import json
 import re
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pandas as pd
 
 from wbc.errors import WbcError
-from wbc.fileio import file_digest, write_csv_atomic, write_text_atomic
-
-GRID_COLUMNS = ["config", "factor", "value", "seed", "accuracy", "macro_f1", "params", "seconds", "run_dir"]
+from wbc.fileio import write_csv_atomic, write_text_atomic
+from wbc.runs import read_config
 
 
 def generalisation_gap(history: pd.DataFrame) -> pd.DataFrame:
@@ -104,14 +98,8 @@ def comparison_table(measured: list[dict], study: str | None = None) -> pd.DataF
     return rows
 
 
-def confident_errors(predictions: pd.DataFrame, n: int = 12) -> pd.DataFrame:
-    """The ``n`` wrong predictions made with the highest confidence (rows of ``predict_split``'s table)."""
-    wrong = predictions[predictions["true_label"].astype(str) != predictions["predicted_label"].astype(str)]
-    return wrong.sort_values("confidence", ascending=False, kind="stable").head(n).reset_index(drop=True)
-
-
 # --------------------------------------------------------------------------------------------
-# Hyperparameter grid (one factor at a time)
+# The hyperparameter study's design (one factor at a time)
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -155,7 +143,6 @@ STUDY_FACTORS = {
     "full": {"lr": [1e-2, 1e-4], "filters": ["3-6-16", "12-24-64"], "kernel_size": ["3-3-3", "5-5-5"],
              "depth": [1, 2], "activation": ["tanh", "elu"], "dropout": [0.3, 0.5]},
 }
-_STUDY_PADDING = (0, 0, 1)  # Study B's padding per block
 
 
 def study_settings(profile: Any) -> dict:
@@ -166,123 +153,6 @@ def study_settings(profile: Any) -> dict:
                 "factors": STUDY_FACTORS["small"]}
     return {"image_size": profile.image_size, "epochs": profile.study_epochs,
             "seeds": [0, 1] if profile.name == "demo" else [0, 1, 2], "factors": STUDY_FACTORS["full"]}
-
-
-def cnn2_kwargs(knobs: dict) -> dict:
-    """Turn study knobs (lr, filters, kernel_size, depth, activation, dropout) into ``train_model`` kwargs."""
-    knobs = dict(knobs)
-    filters = [int(f) for f in str(knobs.pop("filters", STUDY_BASELINE["filters"])).split("-")]
-    kernels = [int(k) for k in str(knobs.pop("kernel_size", STUDY_BASELINE["kernel_size"])).split("-")]
-    if len(filters) != len(kernels) or len(filters) > len(_STUDY_PADDING):
-        raise WbcError(f"filters {filters} and kernel sizes {kernels} need one value per block (at most 3)")
-    blocks = tuple((f, k, 1, p) for f, k, p in zip(filters, kernels, _STUDY_PADDING))
-    return {**knobs, "blocks": blocks}
-
-
-def score_run(run_dir: str | Path, split: str = "val", split_dir: str | Path | None = None) -> dict:
-    """Accuracy, macro F1 and parameter count of a finished run on one split (nothing written)."""
-    from wbc.evaluate import predict_split, probabilities
-    from wbc.metrics import compute_metrics
-
-    config = read_config(run_dir)
-    classes = list(config["classes"])
-    y_true, probs = probabilities(predict_split(run_dir, split=split, split_dir=split_dir), classes)
-    metrics = compute_metrics(y_true, probs, classes)
-    params = config.get("params_total")
-    if params is None:
-        from wbc.train import load_run
-
-        params = load_run(run_dir)[0].count_params()
-    return {"accuracy": float(metrics["accuracy"]), "macro_f1": float(metrics["macro_f1"]), "params": int(params)}
-
-
-def _load_results(path: Path) -> pd.DataFrame:
-    if path.is_file():
-        return pd.read_csv(path, dtype={"config": str, "factor": str, "value": str}, keep_default_na=False)
-    return pd.DataFrame(columns=GRID_COLUMNS)
-
-
-def run_grid(split_dir: str | Path, model_name: str, configs: list[GridConfig], out_dir: str | Path, *,
-             seeds: Iterable[int] = (0,), split: str = "val", progress: bool = True,
-             to_kwargs: Callable[[dict], dict] | None = None, **train_kwargs) -> pd.DataFrame:
-    """Train and score every configuration x seed; resumable through ``out_dir/results.csv``.
-
-    Each configuration gets the same split, the same seeds and ``train_kwargs`` (epochs, image
-    size, ...); only its own ``params`` differ. Scores are measured on ``split`` (validation by
-    default: the test split stays untouched while choosing hyperparameters). Rows already in
-    ``results.csv`` are kept and not trained again; each new row is saved as soon as it is done.
-    ``to_kwargs`` turns a configuration's params into ``train_model`` kwargs (e.g. :func:`cnn2_kwargs`).
-    Returns one row per configuration and seed (columns ``GRID_COLUMNS``).
-    """
-    out_dir = Path(out_dir)
-    results_path = out_dir / "results.csv"
-    results = _load_results(results_path)
-    done = set(zip(results["config"].astype(str), results["seed"].astype(int)))
-    seeds = [int(s) for s in seeds]
-    todo = [(c, s) for c in configs for s in seeds if (c.name, s) not in done]
-    print(f"Grid: {len(configs)} configurations x {len(seeds)} seed(s); "
-          f"{len(done)} result(s) kept from {results_path.name}, {len(todo)} to train.")
-    from tqdm.auto import tqdm
-
-    for config, seed in tqdm(todo, desc="grid", disable=not progress):
-        if "keras" in sys.modules:  # forget the previous models and their traced functions
-            import keras
-
-            keras.backend.clear_session()
-        run_dir = out_dir / "runs" / f"{config.slug}-seed{seed}"
-        start = time.perf_counter()
-        params = to_kwargs(config.params) if to_kwargs else config.params
-        train_or_reuse(run_dir, model_name, split_dir, seed=seed, **{**train_kwargs, **params})
-        seconds = time.perf_counter() - start
-        row = {"config": config.name, "factor": config.factor, "value": str(config.value), "seed": int(seed),
-               **score_run(run_dir, split=split), "seconds": round(seconds, 1), "run_dir": str(run_dir)}
-        results = pd.concat([results, pd.DataFrame([row])], ignore_index=True)[GRID_COLUMNS]
-        write_csv_atomic(results, results_path)
-    results = _load_results(results_path)  # as saved, so a first run and a re-run return the same types
-    order = {c.name: i for i, c in enumerate(configs)}
-    wanted = results[results["config"].isin(order)]
-    return wanted.sort_values(["config", "seed"], key=lambda s: s.map(order) if s.name == "config" else s,
-                              ignore_index=True)
-
-
-def summarise_grid(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread over seeds per configuration, and the change in macro F1 vs the baseline."""
-    grouped = results.groupby(["config", "factor", "value"], sort=False, dropna=False)
-    summary = grouped.agg(seeds=("seed", "nunique"), accuracy=("accuracy", "mean"),
-                          accuracy_std=("accuracy", "std"), macro_f1=("macro_f1", "mean"),
-                          macro_f1_std=("macro_f1", "std"), params=("params", "first"),
-                          seconds=("seconds", "mean")).reset_index()
-    base = summary.loc[summary["config"] == "baseline", "macro_f1"]
-    summary["delta_macro_f1"] = summary["macro_f1"] - (base.iloc[0] if len(base) else float("nan"))
-    return summary.round({"accuracy": 4, "accuracy_std": 4, "macro_f1": 4, "macro_f1_std": 4,
-                          "delta_macro_f1": 4, "seconds": 1})
-
-
-def plot_grid(summary: pd.DataFrame, metric: str = "macro_f1", title: str | None = None):
-    """One panel per factor: ``metric`` per value (error bar: std over seeds), baseline dashed."""
-    from matplotlib.figure import Figure
-
-    factors = [f for f in summary["factor"].unique() if f != "baseline"]
-    if not factors:
-        raise WbcError("the grid summary has no factor besides the baseline: nothing to plot")
-    base = summary[summary["config"] == "baseline"]
-    label = {"macro_f1": "macro F1"}.get(metric, metric.replace("_", " "))
-    fig = Figure(figsize=(2.8 * len(factors) + 1, 3.6))
-    axes = fig.subplots(1, len(factors), sharey=True, squeeze=False)[0]
-    for ax, factor in zip(axes, factors):
-        rows = summary[summary["factor"] == factor]
-        ax.bar(rows["value"].astype(str), rows[metric], yerr=rows[f"{metric}_std"].fillna(0),
-               color="tab:blue", alpha=0.8, capsize=3, label="changed")
-        if len(base):
-            ax.axhline(base[metric].iloc[0], color="k", ls="--", lw=1, label="baseline")
-        ax.set_title(factor)
-        ax.set_xlabel(f"{factor} value")
-        ax.tick_params(axis="x", rotation=30)
-    axes[0].set_ylabel(f"{label} (validation)")
-    axes[0].legend(loc="lower left", fontsize="small")
-    fig.suptitle(title or f"{label} per factor, one factor changed at a time (bars: mean, whiskers: std over seeds)")
-    fig.tight_layout()
-    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,22 +193,30 @@ def build_external_split(manifest: pd.DataFrame | str | Path, out_dir: str | Pat
                          train_source: str = "PBC", test_source: str = "LMU",
                          fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0,
                          min_images: int = 2, rebuild: bool = False) -> ExternalSplit:
-    """Split folders for external validation under ``out_dir`` (reused when complete).
+    """Split folders for external validation under ``out_dir``, reused while the manifest and the
+    settings are those they were built from (``recipe.json``, written last), else rebuilt.
 
     ``internal/``: train, val and test from ``train_source`` only (stratified, duplicate-aware:
     ``test`` is the *internal* test). ``external/test.csv``: every ``test_source`` image. Both
     keep only the labels the two sources share (at least ``min_images`` each); the others are
-    printed. ``classes.txt`` (written last) is the same in both folders.
+    printed. ``classes.txt`` is the same in both folders.
     """
     from wbc.split import split_manifest, write_split_folder
 
     out_dir = Path(out_dir)
     internal, external = out_dir / "internal", out_dir / "external"
-    if not rebuild and (internal / "classes.txt").is_file() and (external / "classes.txt").is_file():
-        print(f"External-validation splits: reusing {out_dir} (delete it or pass rebuild=True to rebuild)")
-        return ExternalSplit(internal, external, (internal / "classes.txt").read_text().split())
     if not isinstance(manifest, pd.DataFrame):
         manifest = pd.read_csv(manifest, keep_default_na=False)
+    recipe = {"manifest": str(pd.util.hash_pandas_object(manifest.astype(str), index=False).sum()),
+              "train_source": train_source, "test_source": test_source, "fractions": [float(f) for f in fractions],
+              "seed": int(seed), "min_images": int(min_images)}
+    recipe_path = out_dir / "recipe.json"
+    complete = (internal / "classes.txt").is_file() and (external / "classes.txt").is_file()
+    if not rebuild and complete and recipe_path.is_file():
+        if json.loads(recipe_path.read_text()) == recipe:
+            print(f"External-validation splits: reusing {out_dir} (same manifest and settings)")
+            return ExternalSplit(internal, external, (internal / "classes.txt").read_text().split())
+        print(f"External-validation splits: manifest or settings changed since {out_dir} was built: rebuilding")
     classes = shared_classes(manifest, (train_source, test_source), min_images)
     if len(classes) < 2:
         raise WbcError(f"only {len(classes)} class(es) have >= {min_images} images in both {train_source} "
@@ -352,65 +230,6 @@ def build_external_split(manifest: pd.DataFrame | str | Path, out_dir: str | Pat
     write_split_folder(parts, internal)
     write_csv_atomic(kept[kept["source"] == test_source].reset_index(drop=True), external / "test.csv")
     write_text_atomic(external / "classes.txt", (internal / "classes.txt").read_text())
+    write_text_atomic(recipe_path, json.dumps(recipe, sort_keys=True))
     print(f"External-validation splits written to {out_dir}: train on {train_source}, test on {test_source}")
     return ExternalSplit(internal, external, classes)
-
-
-def external_weights(model_name: str, weights: str | Path | None = "auto") -> str | Path | None:
-    """Backbone weights for the external-validation model: resolved for resnet50, none otherwise."""
-    if model_name != "resnet50":
-        return None
-    return weights  # "auto" is resolved by train_or_reuse, only when the run must be trained
-
-
-def source_pairs(internal: pd.DataFrame, external: pd.DataFrame, classes: list[str],
-                 per_class: int = 1) -> pd.DataFrame:
-    """The first ``per_class`` images of each class from each table (columns path, caption)."""
-    rows = []
-    for label in classes:
-        for frame in (internal, external):
-            for path, source in frame.loc[frame["label"] == label, ["path", "source"]].head(per_class).itertuples(index=False):
-                rows.append({"path": path, "caption": f"{label}\n{source}"})
-    return pd.DataFrame(rows, columns=["path", "caption"])
-
-
-def gradcam_examples(predictions: pd.DataFrame, n: int = 4) -> pd.DataFrame:
-    """The ``n`` most confident correct predictions, then the ``n`` most confident wrong ones."""
-    correct = predictions["true_label"].astype(str) == predictions["predicted_label"].astype(str)
-    ranked = predictions.assign(correct=correct).sort_values("confidence", ascending=False, kind="stable")
-    return pd.concat([ranked[ranked["correct"]].head(n), ranked[~ranked["correct"]].head(n)], ignore_index=True)
-
-
-def external_comparison(internal: dict, external: dict, train_source: str = "PBC",
-                        test_source: str = "LMU") -> pd.DataFrame:
-    """Internal vs external test metrics (from ``evaluate_run``), one row each, with 95 % intervals."""
-    rows = []
-    for name, m in ((f"internal test ({train_source})", internal), (f"external test ({test_source})", external)):
-        ci = m.get("ci95", {})
-        rows.append({"test set": name, "images": m["n_images"], "accuracy": round(m["accuracy"], 4),
-                     "accuracy 95% CI": "{:.3f}-{:.3f}".format(*ci.get("accuracy", (float("nan"),) * 2)),
-                     "macro F1": round(m["macro_f1"], 4),
-                     "macro F1 95% CI": "{:.3f}-{:.3f}".format(*ci.get("macro_f1", (float("nan"),) * 2)),
-                     "balanced accuracy": round(m["balanced_accuracy"], 4)})
-    return pd.DataFrame(rows).set_index("test set")
-
-
-def plot_recall_by_source(internal: dict, external: dict, train_source: str = "PBC", test_source: str = "LMU"):
-    """Per-class recall on the internal and the external test, side by side (a bar pair per class)."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    classes = list(internal["classes"])
-    recall = {name: [(m["per_class"].get(c) or {}).get("recall") or 0.0 for c in classes]
-              for name, m in ((f"internal ({train_source})", internal), (f"external ({test_source})", external))}
-    x = np.arange(len(classes))
-    fig = Figure(figsize=(max(6.0, 0.9 * len(classes) + 2), 4))
-    ax = fig.subplots()
-    for i, (name, values) in enumerate(recall.items()):
-        ax.bar(x + (i - 0.5) * 0.4, values, width=0.4, label=name)
-    ax.set_xticks(x, classes, rotation=30, ha="right")
-    ax.set(ylim=(0, 1.05), xlabel="class", ylabel="recall (sensitivity)",
-           title=f"Trained on {train_source}: recall per class, internal vs external test")
-    ax.legend()
-    fig.tight_layout()
-    return fig
