@@ -190,8 +190,9 @@ def load_run(run_dir: str | Path) -> tuple["keras.Model", dict]:
         raise WbcError(f"{run_dir}: incomplete run (model.keras missing): train again with --overwrite")
     import keras
 
-    from wbc import runtime
+    from wbc import checks, runtime
 
+    checks.check_model_file(model_path)  # a corrupt archive is named as such, not "file not found"
     runtime.lessons()  # registers the notebooks' custom layers before loading
     try:
         model = keras.models.load_model(model_path)

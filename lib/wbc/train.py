@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from wbc import runs, runtime
+from wbc import checks, runs, runtime
 from wbc.errors import WbcError
+from wbc.locking import FolderLock
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -62,9 +63,9 @@ class TrainConfig:
             raise WbcError("epochs, batch_size and image_size must be at least 1")
         for name in ("lr", "fine_tune_lr"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise WbcError(f"{name} must be a finite number above 0, got {value!r}")
+            checks.check_learning_rate(value, name)
         if self.fine_tune_epochs and self.model != "resnet50":
             raise WbcError("fine_tune_epochs applies to resnet50 only (the others train fully from the start)")
         if self.reduce_lr and self.lr_schedule:
@@ -143,8 +144,7 @@ def train_model(split_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *,
     The saved model is the best epoch by validation accuracy, across both phases; ``config.json``
     says which epoch and phase it is. Refuses to replace a complete run unless ``overwrite``.
     """
-    from wbc.models import build_model
-    from wbc.pipeline import label_indices, load_split, raise_if_undecodable, read_classes, split_dataset
+    from wbc.pipeline import load_split, read_classes
 
     cfg.check()
     t_start = time.perf_counter()
@@ -156,7 +156,19 @@ def train_model(split_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *,
         cfg.check(n_classes=len(classes))
     except WbcError as exc:
         raise WbcError(f"{split_dir / 'classes.txt'}: {exc}") from None
+    checks.check_split_folder(split_dir)  # no image in two splits, no empty label
     train_df, val_df = load_split(split_dir, "train"), load_split(split_dir, "val")
+    with FolderLock(out_dir, "train"):  # one writer per run folder (re-entrant: the CLI holds it too)
+        return _train(split_dir, out_dir, cfg, classes, train_df, val_df, overwrite=overwrite, verbose=verbose,
+                      t_start=t_start)
+
+
+def _train(split_dir: Path, out_dir: Path, cfg: TrainConfig, classes: list[str], train_df: pd.DataFrame,
+           val_df: pd.DataFrame, *, overwrite: bool, verbose: int, t_start: float) -> Path:
+    """The training itself, under the run folder's lock (see :func:`train_model`)."""
+    from wbc.models import build_model
+    from wbc.pipeline import label_indices, raise_if_undecodable, split_dataset
+
     weights = cfg.weights or ("imagenet" if cfg.model == "resnet50" else None)
     lessons = runtime.lessons()
     runs.start_run(out_dir, overwrite)
