@@ -25,10 +25,17 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
+from wbc.checks import check_split_classes
 from wbc.errors import WbcError
 from wbc.fileio import write_bytes_atomic, write_csv_atomic, write_text_atomic
-from wbc.metrics import (bootstrap_ci, classification_report_text, compute_metrics, confusion,
-                         per_class_table)
+from wbc.locking import FolderLock
+from wbc.metrics import (
+    bootstrap_ci,
+    classification_report_text,
+    compute_metrics,
+    confusion,
+    per_class_table,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -226,9 +233,15 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", split_dir: str
     """Evaluate a run on one split; writes metrics, tables, predictions and figures (see module
     docstring) and returns the content of ``metrics.json`` plus ``out_dir``."""
     run_dir = Path(run_dir)
+    with FolderLock(run_dir, "evaluate"):  # one writer per run folder (re-entrant for the CLI's lock)
+        return _evaluate(run_dir, split, split_dir, n_boot, seed)
+
+
+def _evaluate(run_dir: Path, split: str, split_dir, n_boot: int, seed: int) -> dict:
     model, config = open_run(run_dir)
     classes = list(config["classes"])
     chosen = _split_dir(config, split_dir, run_dir)
+    check_split_classes(chosen, run_dir)  # same classes, same order: class indices mean the same
     out = evaluation_dir(run_dir, split, split_dir, config)
     predictions = predict_frame(model, config, split, chosen)
     y, probs = probabilities(predictions, classes)
@@ -282,7 +295,11 @@ def read_model_input(path: str | os.PathLike, image_size: int,
     """
     import tensorflow as tf
 
-    from wbc.preprocess import apply_preprocess_settings, preprocess_settings, read_image
+    from wbc.preprocess import (
+        apply_preprocess_settings,
+        preprocess_settings,
+        read_image,
+    )
 
     image = read_image(path)
     if preprocess and preprocess_settings(path) is None:
