@@ -1,4 +1,5 @@
-"""Shared fixtures: the real sample (skipped when unset) and a small generated demo dataset."""
+"""Shared fixtures: the library's messages shown, the real sample (skipped when unset) and a small
+generated demo dataset."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,14 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def library_messages():
+    """Show the library's log messages on stdout / stderr, as the CLI and the notebooks do."""
+    from wbc.config import show_logs
+
+    show_logs()
 
 
 @pytest.fixture(scope="session")

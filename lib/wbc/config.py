@@ -13,7 +13,10 @@ Environment variables (all optional):
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -22,6 +25,11 @@ from wbc.errors import WbcError
 PBC_DIRNAME = "PBC_dataset_normal_DIB"
 LMU_DIRNAME = "AML-Cytomorphology_LMU"
 ALL_DIRNAME = "ALL_Kaggle"
+#: Where each source lives under the data folder.
+SOURCE_DIRS = {"PBC": PBC_DIRNAME, "LMU": LMU_DIRNAME, "ALL": ALL_DIRNAME}
+SPLITS = ("train", "val", "test")
+#: Split fractions of the studies: Study A 80/12/8 (wbc10), Study B 70/15/15 (all4 and the rest).
+DEFAULT_FRACTIONS = {"wbc10": (0.8, 0.12, 0.08), "all4": (0.7, 0.15, 0.15)}
 
 
 @dataclass(frozen=True)
@@ -89,32 +97,28 @@ def demo_data_dir() -> Path:
     return output_dir() / "demo-data"
 
 
-def configured_data_dir() -> Path | None:
-    """``$WBC_DATA_DIR`` as a path, or None when unset (meaning: use demo data)."""
-    env = os.environ.get("WBC_DATA_DIR")
-    if not env:
+def resolve_data_dir(value: str | os.PathLike | None = None, *, must_exist: bool = True) -> Path | None:
+    """The one data-folder rule: ``value`` when given, else ``$WBC_DATA_DIR``, else None (the
+    caller decides: demo data in the notebooks, an error in the CLI). The folder must exist
+    unless ``must_exist=False`` (a download creates it); a file is never one."""
+    given = value if value is not None else (os.environ.get("WBC_DATA_DIR") or None)
+    if given is None:
         return None
-    path = Path(env).expanduser().resolve()
-    if not path.is_dir():
-        raise WbcError(f"WBC_DATA_DIR={env!r} is not a folder. Point it at the folder that holds "
-                       f"{PBC_DIRNAME}/, {LMU_DIRNAME}/ and/or {ALL_DIRNAME}/, or unset it to use demo data.")
+    path = Path(given).expanduser().resolve()
+    if (path.exists() or must_exist) and not path.is_dir():
+        where = f"WBC_DATA_DIR={given!r}" if value is None else f"data folder {given}"
+        raise WbcError(f"{where} does not exist or is not a folder. Point it at the folder that holds "
+                       f"{PBC_DIRNAME}/, {LMU_DIRNAME}/ and/or {ALL_DIRNAME}/"
+                       + (", or unset it to use demo data." if value is None else "."))
     return path
 
 
 def data_dir_argument(value: str | os.PathLike | None, *, must_exist: bool = True) -> Path:
-    """The data folder a command works on: ``--data-dir`` when given, else ``$WBC_DATA_DIR``.
-
-    ``must_exist=False`` (downloads) accepts a folder that is still to be created.
-    """
-    if value is None:
-        env = os.environ.get("WBC_DATA_DIR")
-        if not env:
-            raise WbcError("no data folder: pass --data-dir DIR or set WBC_DATA_DIR "
-                           "(python -m wbc demo --out DIR writes a small demo one)")
-        value = env
-    path = Path(value).expanduser()
-    if must_exist and not path.is_dir():
-        raise WbcError(f"data folder {value} does not exist or is not a folder")
+    """The data folder a command works on (``--data-dir`` or ``$WBC_DATA_DIR``); one is required."""
+    path = resolve_data_dir(value, must_exist=must_exist)
+    if path is None:
+        raise WbcError("no data folder: pass --data-dir DIR or set WBC_DATA_DIR "
+                       "(python -m wbc demo --out DIR writes a small demo one)")
     return path
 
 
@@ -128,8 +132,6 @@ def data_tag(data_dir: Path) -> str:
     """A short name for a data folder, used to keep stage outputs of different data apart."""
     if data_dir.resolve() == demo_data_dir().resolve():
         return "demo"
-    import hashlib
-
     digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
     return f"{data_dir.name}-{digest}"
 
@@ -138,3 +140,39 @@ def work_dir(data_dir: Path, profile: Profile | str) -> Path:
     """Stage outputs (manifests, processed images, splits, runs) for one data folder + profile."""
     name = profile if isinstance(profile, str) else profile.name
     return output_dir() / "work" / f"{data_tag(data_dir)}-{name}"
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Plain lines on the *current* ``sys.stdout`` (warnings and errors on ``sys.stderr``), looked
+    up at each message: a notebook or a test that swaps the streams still sees everything."""
+
+    def __init__(self):
+        super().__init__()
+        self._warning = False
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr if self._warning else sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # the streams are looked up at each message
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._warning = record.levelno >= logging.WARNING
+        super().emit(record)
+
+
+def show_logs(level: int = logging.INFO) -> logging.Handler:
+    """Show the library's log messages (logger ``wbc``) as plain lines: information on stdout,
+    warnings on stderr. The CLI and ``course.setup_notebook`` call it; the library itself only
+    logs. Calling it again keeps one handler, so no message appears twice."""
+    logger = logging.getLogger("wbc")
+    handler = next((h for h in logger.handlers if type(h).__name__ == "_ConsoleHandler"), None)
+    if handler is None:
+        handler = _ConsoleHandler()
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler

@@ -1,19 +1,23 @@
-"""Notebook helpers: one setup call, and ``ensure_*`` functions so every notebook can run alone.
+"""Notebook plumbing: one setup call, and ``ensure_*`` functions so every notebook can run alone.
 
-Each notebook starts with ``ctx = course.setup_notebook(...)``: it prints library versions, the
-GPU check, the profile and the data folder (with a DEMO DATA banner when the generated data is
-used), and sets the seeds once. The ``ensure_*`` helpers rebuild an earlier stage's output when
-it is missing, or reuse it when present, and say which they did:
+Each notebook starts with ``ctx = course.setup_notebook(...)``: it shows library versions, the
+GPU check, the profile and the data folder (with a DEMO DATA banner on generated data), sets the
+seeds once and routes the library's log messages to the notebook. The ``ensure_*`` helpers
+rebuild an earlier stage's output when it is missing or stale, or reuse it, and say which:
 
     ensure_manifest(ctx, "wbc10")     -> <work_dir>/manifests/wbc10.csv
     ensure_preprocessed(ctx, "wbc10") -> <work_dir>/processed/wbc10/manifest.csv
     ensure_splits(ctx, "wbc10")       -> <work_dir>/splits/wbc10/ (train/val/test.csv, audit.csv, classes.txt)
+    ensure_run(ctx, name, cfg, split) -> <work_dir>/runs/<name>-<key>
 
-TensorFlow is imported inside functions only, so importing this module stays fast.
+A stage output is reused while its recipe (``fileio.recipe_matches``: the settings and the
+digests of its inputs) is unchanged; a run while its key (settings, split files, training code)
+is. TensorFlow is imported inside functions only.
 """
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
 import shutil
@@ -23,24 +27,22 @@ from pathlib import Path
 import pandas as pd
 
 from wbc import config
+from wbc.config import DEFAULT_FRACTIONS, SOURCE_DIRS, SPLITS  # noqa: F401 (notebook 06 reads DEFAULT_FRACTIONS)
 from wbc.errors import WbcError
-from wbc.fileio import write_csv_atomic, write_text_atomic
+from wbc.fileio import file_digest, read_json, recipe_matches, write_csv_atomic, write_recipe, write_text_atomic
 
+log = logging.getLogger(__name__)
 REPO_URL = "https://github.com/wbc-course/wbc-course"
 DEFAULT_SEED = 42
 DEMO_MARKER = ".wbc-demo-complete"  # written last by the demo generation: its absence means "redo"
 STAMP_NAME = "data-stamp.json"  # in work_dir: which demo data the stage outputs were built from
-
-SOURCES = {"PBC": config.PBC_DIRNAME, "LMU": config.LMU_DIRNAME, "ALL": config.ALL_DIRNAME}
 DATASETS = ("pbc", "lmu", "all", "wbc10", "all4")
 NEEDS = {"pbc": ("PBC",), "lmu": ("LMU",), "all": ("ALL",), "wbc10": ("PBC", "LMU"), "all4": ("ALL",)}
-DEFAULT_FRACTIONS = {"wbc10": (0.80, 0.12, 0.08), "all4": (0.70, 0.15, 0.15)}
 WHERE_TO_GET = {
     "PBC": "PBC (Mendeley, doi 10.17632/snkd93bnjr.1): `python -m wbc download pbc`",
     "LMU": "AML-Cytomorphology_LMU (TCIA, doi 10.7937/tcia.2019.36f5o9ld): `python -m wbc download lmu`",
     "ALL": "ALL (Kaggle mehradaria/leukemia): `python -m wbc download all`",
 }
-
 _CURRENT: "Context | None" = None
 
 
@@ -64,7 +66,9 @@ class Context:
 
     def save_figure(self, fig, name: str) -> Path:
         """Save ``fig`` as ``<figures_dir>/<notebook>/<name>.png`` (atomic) and return the path."""
-        return _save_png(fig, self.figures_dir / self.notebook / f"{name}.png")
+        from wbc.plots import save_figure
+
+        return save_figure(fig, self.figures_dir / self.notebook / f"{name}.png")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -73,12 +77,15 @@ class Context:
 def setup_notebook(title: str | None = None, *, profile: str | None = None, data_dir=None,
                    seed: int | None = None, dataset: str | None = None, verbose: bool = True,
                    **overrides) -> Context:
-    """Print versions, GPU check, profile and data source; set seeds; return the Context.
+    """Show versions, GPU check, profile and data source; set seeds; return the Context.
 
     ``overrides`` change profile fields (``image_size=64``, ``epochs=2``); ``None`` values keep
-    the profile default, so a notebook can pass its parameters cell through unchanged.
+    the profile default, so a notebook can pass its parameters cell through unchanged. The
+    library's messages (``logging``, logger ``wbc``) are shown in the notebook from here on;
+    ``verbose=False`` leaves out this function's own description of the run.
     """
     global _CURRENT
+    config.show_logs()
     overrides = {k: v for k, v in overrides.items() if v is not None}
     valid = {f.name for f in fields(config.Profile)} - {"name"}
     unknown = sorted(set(overrides) - valid)
@@ -86,21 +93,25 @@ def setup_notebook(title: str | None = None, *, profile: str | None = None, data
         raise WbcError(f"unknown setting(s) {unknown}: the profile has {sorted(valid)}")
     prof = config.get_profile(profile, **overrides)
     seed = DEFAULT_SEED if seed is None else int(seed)
-    say = print if verbose else (lambda *a, **k: None)
+    say = log.info if verbose else log.debug
     if title:
         say(f"== {title} ==")
-    _print_versions(say)
-    _gpu_check(say)
-    _set_seeds(seed)
+    _describe_libraries(say)
+    from wbc.train import set_seeds
+
+    set_seeds(seed)
     say(f"Seed: {seed} (Python, NumPy and TensorFlow seeded once, here)")
-    data, is_demo = _resolve_data_dir(data_dir, prof, say)
+    data = config.resolve_data_dir(data_dir)
+    is_demo = data is None or data == config.demo_data_dir().resolve()
+    if is_demo:
+        data = ensure_demo_data(prof.demo_per_class, say=say)
     present = available_datasets(data)
     ctx = Context(profile=prof, data_dir=data, is_demo=is_demo, work_dir=config.work_dir(data, prof),
                   figures_dir=config.output_dir() / "figures", seed=seed, datasets=present,
                   dataset=(dataset or "wbc10").lower(), notebook=_slug(title))
     _check_name(ctx.dataset)
     if is_demo:
-        _check_stamp(ctx, say)
+        _check_stamp(ctx)
     _configure_matplotlib()
     say(f"Profile: {prof.name}  " + ", ".join(f"{k}={v}" for k, v in prof.as_dict().items() if k != "name"))
     say(f"Data folder: {data}  (sources found: {', '.join(present) or 'none'})")
@@ -116,7 +127,7 @@ def setup_notebook(title: str | None = None, *, profile: str | None = None, data
 
 
 def demo_banner() -> str:
-    """The banner printed when the notebook runs on generated demo data."""
+    """The banner shown when the notebook runs on generated demo data."""
     line = "#" * 78
     return (f"{line}\n#  DEMO DATA: synthetic images in the real folder layouts, NOT real blood cells.\n"
             "#  Every number below describes the demo data only. For the real study, download the\n"
@@ -125,13 +136,13 @@ def demo_banner() -> str:
 
 def available_datasets(data_dir: Path) -> tuple[str, ...]:
     """Which of PBC / LMU / ALL have their folder in ``data_dir``."""
-    return tuple(src for src, dirname in SOURCES.items() if (Path(data_dir) / dirname).is_dir())
+    return tuple(src for src, dirname in SOURCE_DIRS.items() if (Path(data_dir) / dirname).is_dir())
 
 
 def folder_summary(data_dir: Path) -> pd.DataFrame:
     """Files per folder of each source present in ``data_dir``: columns ``dataset, folder, files``."""
     rows = []
-    for src, dirname in SOURCES.items():
+    for src, dirname in SOURCE_DIRS.items():
         root = Path(data_dir) / dirname
         for folder in sorted(p for p in [root, *root.rglob("*")] if p.is_dir()):
             files = sum(1 for f in folder.iterdir() if f.is_file())
@@ -140,19 +151,15 @@ def folder_summary(data_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "folder", "files"])
 
 
-def current_context() -> Context:
-    """The Context of the last ``setup_notebook`` call."""
-    if _CURRENT is None:
-        raise WbcError("call course.setup_notebook(...) first")
-    return _CURRENT
-
-
 def save_figure(fig, name: str, ctx: Context | None = None) -> Path:
-    """Save ``fig`` into the figures folder of ``ctx`` (default: the current notebook)."""
-    return (ctx or current_context()).save_figure(fig, name)
+    """Save ``fig`` into the figures folder of ``ctx`` (default: the last ``setup_notebook``'s)."""
+    if ctx is None and _CURRENT is None:
+        raise WbcError("call course.setup_notebook(...) first")
+    return (ctx or _CURRENT).save_figure(fig, name)
 
 
-def _print_versions(say) -> None:
+def _describe_libraries(say) -> None:
+    """Library versions, and the GPU check: warn (never fail) when there is none."""
     import cv2
     import numpy as np
 
@@ -163,29 +170,16 @@ def _print_versions(say) -> None:
 
     say(f"Python {platform.python_version()} | TensorFlow {tf.__version__} | Keras {keras.__version__} | "
         f"NumPy {np.__version__} | pandas {pd.__version__} | OpenCV {cv2.__version__}")
-
-
-def _gpu_check(say) -> list:
-    """List GPUs; warn (never fail) when there is none. Returns the GPU devices."""
-    import tensorflow as tf
-
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         say(f"GPU: {len(gpus)} found: " + ", ".join(g.name for g in gpus))
-        say("Mixed precision (float16 maths, float32 weights) speeds up training on GPUs with "
-            "tensor cores; notebook 10 switches it on with configure_device (keras.mixed_precision).")
+        say("Mixed precision (float16 maths, float32 weights) speeds up training on GPUs with tensor "
+            "cores; notebook 10 switches it on with configure_device (keras.mixed_precision).")
     else:
-        say("WARNING: no GPU found. Everything runs, but training on the CPU is slow: keep the "
-            "'ci' or 'demo' profile here. For a GPU: Colab: Runtime > Change runtime type > GPU; "
-            "Kaggle: Settings > Accelerator > GPU.")
+        say("WARNING: no GPU found. Everything runs, but training on the CPU is slow: keep the 'ci' or "
+            "'demo' profile here. For a GPU: Colab: Runtime > Change runtime type > GPU; Kaggle: "
+            "Settings > Accelerator > GPU.")
         say("Mixed precision: off (on a CPU float16 maths is slower, not faster).")
-    return gpus
-
-
-def _set_seeds(seed: int) -> None:
-    from wbc.train import set_seeds
-
-    set_seeds(seed)
 
 
 def _configure_matplotlib() -> None:
@@ -198,7 +192,6 @@ def _configure_matplotlib() -> None:
         shell = None
     if shell is not None:
         shell.run_line_magic("matplotlib", "inline")
-
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "figure.figsize": (8, 4.5),
                          "axes.grid": False, "axes.titlesize": 11, "image.cmap": "viridis"})
 
@@ -207,39 +200,20 @@ def _slug(title: str | None) -> str:
     return re.sub(r"[^a-z0-9]+", "_", (title or "notebook").lower()).strip("_")[:60] or "notebook"
 
 
-def _save_png(fig, path: Path) -> Path:
-    from wbc.plots import save_figure as save_png
-
-    return save_png(fig, path)
-
-
 # ----------------------------------------------------------------------------- data folder
 
 
-def _resolve_data_dir(data_dir, prof: config.Profile, say) -> tuple[Path, bool]:
-    """The data folder: the argument, else $WBC_DATA_DIR, else the demo data (generated if needed)."""
-    if data_dir is not None:
-        path = Path(data_dir).expanduser().resolve()
-        if not path.is_dir():
-            raise WbcError(f"data folder {path} does not exist: pass an existing folder or None for demo data")
-    else:
-        path = config.configured_data_dir()
-    if path is not None and path.resolve() != config.demo_data_dir().resolve():
-        return path, False
-    return ensure_demo_data(prof.demo_per_class, say=say), True
-
-
-def ensure_demo_data(per_class: int, seed: int = 0, say=print) -> Path:
+def ensure_demo_data(per_class: int, seed: int = 0, say=log.info) -> Path:
     """Generate the demo data into ``config.demo_data_dir()`` unless a complete copy is there.
 
-    A marker file written last records ``per_class`` and ``seed``; a missing or different marker
-    (an interrupted or other-sized generation) means the folder is generated again.
+    A marker written last records ``per_class`` and ``seed``; a missing or different marker (an
+    interrupted or other-sized generation) means the folder is generated again.
     """
     from wbc.demo import generate_demo
 
     root = config.demo_data_dir()
     wanted = {"per_class": int(per_class), "seed": int(seed)}
-    marker = _read_json(root / DEMO_MARKER)
+    marker = read_json(root / DEMO_MARKER)
     if marker == wanted:
         say(f"Demo data: reusing {root} ({per_class} images per class and source)")
         return root
@@ -255,30 +229,18 @@ def ensure_demo_data(per_class: int, seed: int = 0, say=print) -> Path:
     return root
 
 
-def _check_stamp(ctx: Context, say) -> None:
+def _check_stamp(ctx: Context) -> None:
     """Clear stage outputs built from a different generation of the demo data (they would be stale)."""
     marker = (ctx.data_dir / DEMO_MARKER).read_text() if (ctx.data_dir / DEMO_MARKER).exists() else ""
     stamp = ctx.work_dir / STAMP_NAME
     if ctx.work_dir.exists() and stamp.exists() and stamp.read_text() != marker:
-        say(f"Demo data was regenerated since {ctx.work_dir} was built: clearing those stale outputs.")
+        log.info(f"Demo data was regenerated since {ctx.work_dir} was built: clearing those stale outputs.")
         shutil.rmtree(ctx.work_dir)
     if not stamp.exists():
         write_text_atomic(stamp, marker)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 # ----------------------------------------------------------------------------- ensure_* helpers
-#
-# Each output has a "recipe" beside it (``<file>.recipe.json``): the settings and the digests of
-# the inputs it was built from. An output is reused only while its recipe matches, so changing
-# the cap, the image size, the fractions or the seed (or rebuilding an earlier stage) rebuilds
-# what depends on it, and nothing else.
 
 
 def _check_name(name: str) -> str:
@@ -291,36 +253,26 @@ def _require_sources(ctx: Context, name: str) -> None:
     """Raise a WbcError naming what to download when dataset ``name`` cannot be built here."""
     missing = [src for src in NEEDS[name] if src not in ctx.datasets]
     if name == "wbc10" and len(missing) < 2:
-        return  # wbc10 can be built from one of its two sources; _load_source says what is missing
+        return  # wbc10 can be built from one of its two sources (ensure_manifest says what is missing)
     if missing:
         raise WbcError(
             f"dataset {name!r} needs {', '.join(missing)}, but {ctx.data_dir} has no "
-            + " or ".join(f"{SOURCES[m]}/" for m in missing) + " folder. Get it with: "
+            + " or ".join(f"{SOURCE_DIRS[m]}/" for m in missing) + " folder. Get it with: "
             + "; ".join(WHERE_TO_GET[m] for m in missing) + ", then set WBC_DATA_DIR to the folder holding it.")
 
 
-def _recipe_path(out: Path) -> Path:
-    return out.with_name(out.name + ".recipe.json")
-
-
 def _reuse(out: Path, recipe: dict, what: str, rebuild: bool, shown: Path | None = None) -> bool:
-    """True (and say so) when ``out`` exists and was built with the same ``recipe``."""
+    """True (and say so) when ``out`` exists and was built from the same ``recipe``."""
     if rebuild or not out.exists():
         return False
-    if _read_json(_recipe_path(out)) != recipe:
-        print(f"{what}: settings or inputs changed since {shown or out} was built: rebuilding")
+    if not recipe_matches(out, recipe):
+        log.info(f"{what}: settings or inputs changed since {shown or out} was built: rebuilding")
         return False
-    print(f"{what}: reusing {shown or out}  (to rebuild: pass rebuild=True or delete it)")
+    log.info(f"{what}: reusing {shown or out}  (to rebuild: pass rebuild=True or delete it)")
     return True
 
 
-def _done(out: Path, recipe: dict) -> None:
-    write_text_atomic(_recipe_path(out), json.dumps(recipe, sort_keys=True))
-
-
 def _digest(path: Path) -> str:
-    from wbc.fileio import file_digest
-
     return file_digest(path)[:16]
 
 
@@ -348,7 +300,9 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
         extra = {"version": "both"} if name == "all" else {}  # ALL: Original and Segmented, kept apart by `version`
         manifest, skipped = read_dataset(name, ctx.data_dir, **extra)
         write_csv_atomic(skipped, out.with_name(f"{name}-skipped.csv"))
-        _report_skipped(skipped, name)
+        if len(skipped):
+            log.info(f"{name}: {len(skipped)} file(s) reported (see {name}-skipped.csv):\n"
+                     + "\n".join(f"  {row.path}: {row.reason}" for row in skipped.head(5).itertuples()))
     elif name == "wbc10":
         inputs = {src: ensure_manifest(ctx, src.lower(), rebuild) for src in ("PBC", "LMU") if src in ctx.datasets}
         recipe = {"cap": ctx.profile.cap, "seed": ctx.seed, **{k: _digest(p) for k, p in inputs.items()}}
@@ -358,12 +312,12 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
 
         for src in ("PBC", "LMU"):
             if src not in inputs:
-                print(f"NOTE: {SOURCES[src]}/ is not in {ctx.data_dir}: wbc10 is built without it, so "
-                      f"classes only {src} provides are missing. Get it with: {WHERE_TO_GET[src]}")
+                log.info(f"NOTE: {SOURCE_DIRS[src]}/ is not in {ctx.data_dir}: wbc10 is built without it, so "
+                         f"classes only {src} provides are missing. Get it with: {WHERE_TO_GET[src]}")
         frames = {k: _read(p) for k, p in inputs.items()}
         manifest, excluded = build_wbc10(frames.get("PBC"), frames.get("LMU"), cap=ctx.profile.cap, seed=ctx.seed)
         write_csv_atomic(excluded, out.with_name("wbc10-excluded.csv"))
-        print(f"wbc10: {len(manifest)} images kept, {len(excluded)} excluded (listed in wbc10-excluded.csv)")
+        log.info(f"wbc10: {len(manifest)} images kept, {len(excluded)} excluded (listed in wbc10-excluded.csv)")
     else:
         source = ensure_manifest(ctx, "all", rebuild)
         recipe = {"all": _digest(source)}
@@ -372,19 +326,12 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
         from wbc.merge import build_all4
 
         manifest, _ = build_all4(_read(source))
-        print("all4: the Original version of the ALL images (their Segmented copies show the same "
-              "cells, so they are left out: one cell never appears twice)")
+        log.info("all4: the Original version of the ALL images (their Segmented copies show the same "
+                 "cells, so they are left out: one cell never appears twice)")
     write_csv_atomic(manifest, out)
-    _done(out, recipe)
-    print(f"manifest {name}: built {out} ({len(manifest)} images)")
+    write_recipe(out, recipe)
+    log.info(f"manifest {name}: built {out} ({len(manifest)} images)")
     return out
-
-
-def _report_skipped(skipped: pd.DataFrame, name: str) -> None:
-    if len(skipped):
-        print(f"{name}: {len(skipped)} file(s) reported (see {name}-skipped.csv):")
-        for row in skipped.head(5).itertuples():
-            print(f"  {row.path}: {row.reason}")
 
 
 def ensure_preprocessed(ctx: Context, name: str, rebuild: bool = False) -> Path:
@@ -396,25 +343,25 @@ def ensure_preprocessed(ctx: Context, name: str, rebuild: bool = False) -> Path:
     source = ensure_manifest(ctx, name, rebuild)
     out_dir = ctx.work_dir / "processed" / name
     out = out_dir / "manifest.csv"
-    recipe = {"manifest": _digest(source), "size": ctx.profile.preprocess_size}
+    size = ctx.profile.preprocess_size
+    recipe = {"manifest": _digest(source), "size": size}
     if _reuse(out, recipe, f"processed {name}", rebuild):
         return out
     from wbc.preprocess import preprocess_manifest
 
     manifest = _read(source)
-    size = ctx.profile.preprocess_size
-    print(f"processed {name}: normalising {len(manifest)} images to {size}x{size} into {out_dir} ...")
+    log.info(f"processed {name}: normalising {len(manifest)} images to {size}x{size} into {out_dir} ...")
     processed, quarantine = preprocess_manifest(manifest, out_dir, size=size)  # writes manifest.csv last
-    _done(out, recipe)
-    print(f"processed {name}: {len(processed)} images ready, {len(quarantine)} quarantined (quarantine.csv)")
+    write_recipe(out, recipe)
+    log.info(f"processed {name}: {len(processed)} images ready, {len(quarantine)} quarantined (quarantine.csv)")
     return out
 
 
 def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False) -> Path:
     """``work_dir/splits/<name>/`` with train/val/test.csv, audit.csv and classes.txt.
 
-    Default fractions follow the studies: 80/12/8 for wbc10 (Study A), 70/15/15 otherwise (Study B).
-    Duplicate groups stay in one split (``wbc.split``); the audit lists them.
+    Default fractions follow the studies (``config.DEFAULT_FRACTIONS``): 80/12/8 for wbc10
+    (Study A), 70/15/15 otherwise (Study B). Duplicate groups stay in one split (``wbc.split``).
     """
     fractions = [float(f) for f in (fractions or DEFAULT_FRACTIONS.get(name, DEFAULT_FRACTIONS["all4"]))]
     source = ensure_preprocessed(ctx, name, rebuild)
@@ -423,13 +370,13 @@ def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False
     recipe = {"manifest": _digest(source), "fractions": fractions, "seed": ctx.seed}
     if _reuse(classes_file, recipe, f"splits {name}", rebuild, shown=out_dir):
         return out_dir
-    from wbc.split import SPLITS, split_manifest, write_split_folder
+    from wbc.split import split_manifest, write_split_folder
 
     splits = split_manifest(_read(source), fractions, seed=ctx.seed)
     write_split_folder(splits, out_dir)  # the same files as `python -m wbc split`
-    _done(classes_file, recipe)
+    write_recipe(classes_file, recipe)
     sizes = ", ".join(f"{part} {len(splits[part])}" for part in SPLITS)
-    print(f"splits {name}: built {out_dir} ({sizes}; fractions {fractions}, seed {ctx.seed})")
+    log.info(f"splits {name}: built {out_dir} ({sizes}; fractions {fractions}, seed {ctx.seed})")
     return out_dir
 
 
@@ -464,11 +411,8 @@ def main_run_config(ctx: Context, **overrides):
 
 
 def baseline_config(ctx: Context, model: str, **overrides):
-    """A small from-scratch model (cnn1, cnn2, small_resnet) with the profile's epoch budget.
-
-    These train fast and need many epochs: ``cnn_epochs``, early stopping not before
-    ``cnn_min_epochs`` (BatchNorm-free CNNs still swing early on). ``None`` values are ignored.
-    """
+    """A small from-scratch model (cnn1, cnn2, small_resnet) with the profile's epoch budget:
+    ``cnn_epochs``, early stopping not before ``cnn_min_epochs``. ``None`` values are ignored."""
     from wbc.train import TrainConfig
 
     p = ctx.profile
@@ -486,8 +430,7 @@ def training_code(model: str, namespace: dict | None = None) -> str:
     from wbc.runtime import lessons
 
     names = (*TRAINING_CODE, BUILDERS[model])
-    found = [(namespace or {}).get(n) or getattr(lessons(), n) for n in names]
-    return runs.code_fingerprint(*found)
+    return runs.code_fingerprint(*[(namespace or {}).get(n) or getattr(lessons(), n) for n in names])
 
 
 def run_folder(ctx: Context, name: str, cfg, split_dir: Path, code: str) -> Path:
@@ -506,13 +449,13 @@ def ensure_run(ctx: Context, name: str, cfg, split_dir: Path, namespace: dict | 
 
     run_dir = run_folder(ctx, name, cfg, split_dir, training_code(cfg.model, namespace))
     if runs.is_complete(run_dir):
-        print(f"{name}: reusing {run_dir} (same settings, split and code)")
+        log.info(f"{name}: reusing {run_dir} (same settings, split and code)")
         return run_dir
-    print(f"{name}: training {cfg.model} into {run_dir} ...")
+    log.info(f"{name}: training {cfg.model} into {run_dir} ...")
     train_model(split_dir, run_dir, cfg, overwrite=True, verbose=0)
-    config = runs.read_config(run_dir)
-    print(f"{name}: done, best val_accuracy {config['best_val_accuracy']:.3f} at epoch "
-          f"{config['best_epoch']} (phase {config['best_phase']})")
+    done = runs.read_config(run_dir)
+    log.info(f"{name}: done, best val_accuracy {done['best_val_accuracy']:.3f} at epoch "
+             f"{done['best_epoch']} (phase {done['best_phase']})")
     return run_dir
 
 

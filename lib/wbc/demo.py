@@ -32,9 +32,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from wbc.config import ALL_DIRNAME, LMU_DIRNAME, PBC_DIRNAME
+from wbc.config import SOURCE_DIRS
+from wbc.download import ALL_COUNTS, LMU_COUNTS
 from wbc.errors import WbcError
 from wbc.fileio import write_bytes_atomic
+from wbc.labels import ALL_VERSIONS
 
 # ----------------------------------------------------------------------------- morphology table
 # One row per cell type. Sizes are in units of the red-cell radius of the dataset (so the same
@@ -142,12 +144,8 @@ SOURCES: dict[str, dict[str, dict[str, str | tuple[str, ...]]]] = {
     },
 }
 
-# Images per class in the full releases: file numbers are drawn from this range, as in the real data.
-RELEASE_COUNTS: dict[str, int] = {
-    "BAS": 79, "EBO": 78, "EOS": 424, "KSC": 15, "LYA": 11, "LYT": 3937, "MMZ": 15, "MOB": 26,
-    "MON": 1789, "MYB": 42, "MYO": 3268, "NGB": 109, "NGS": 8484, "PMB": 18, "PMO": 70,
-    "Benign": 504, "Early": 985, "Pre": 963, "Pro": 804,
-}
+# Images per class in the full releases (the download registry): file numbers are drawn from this range.
+RELEASE_COUNTS: dict[str, int] = {**LMU_COUNTS, **{k.split("/")[1]: n for k, n in ALL_COUNTS.items()}}
 
 # How each source looks: image size (width, height), red-cell radius in px, colours (RGB), and a
 # stain tint multiplied into the cell colours. LMU is more magnified and more lilac than PBC.
@@ -163,8 +161,7 @@ STYLES: dict[str, dict] = {
                 tint=(1.05, 1.0, 1.05)),
 }
 
-DATASET_DIRS = {"PBC": PBC_DIRNAME, "LMU": LMU_DIRNAME, "ALL": ALL_DIRNAME}
-ALL_VERSIONS = ("Original", "Segmented")
+DATASET_DIRS = SOURCE_DIRS
 JUNK_NAME = ".DS_169665.jpg"  # the real PBC release ships this macOS metadata file in neutrophil/
 _BANK = 512  # side of the noise bank, at least the largest image side
 QUIRKS = ("non_image", "duplicate_across_classes", "duplicate_pair", "black_band")

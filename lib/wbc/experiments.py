@@ -1,19 +1,17 @@
-"""Experiment plumbing for notebooks 08-13: the published numbers, the study design, external splits.
+"""The studies' side of notebooks 08-13: published numbers beside ours, and Study B's design.
 
 - :func:`published_results`, :func:`measured_result`, :func:`comparison_table`: our measured
   results beside the two studies' published ones, each row with its conditions.
-- :func:`one_factor_at_a_time` and :func:`study_settings`: the design of Study B's question (how
-  learning rate, filters, kernel size, depth, activation and dropout change accuracy and F1), one
-  factor at a time around a baseline. Notebook 12 trains and scores the configurations in its cells.
-- :func:`build_external_split`: train on one source (PBC), test on the other (LMU), restricted to
-  the classes both sources share, with wbc10 labels.
-- :func:`generalisation_gap`: training minus validation accuracy per epoch (notebook 10).
+- :func:`one_factor_at_a_time` and :func:`study_settings`: Study B's question (how learning rate,
+  filters, kernel size, depth, activation and dropout change accuracy and F1), one factor at a
+  time around a baseline; notebook 12 trains and scores the configurations in its cells.
+- :func:`generalisation_gap`: training minus validation accuracy per epoch.
 
-TensorFlow is never imported here.
+The external-validation split (train on PBC, test on LMU) is a split: ``wbc.split.build_external_split``
+(also reachable here, as notebook 13 calls it). TensorFlow is never imported here.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +20,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from wbc.errors import WbcError
-from wbc.fileio import write_csv_atomic, write_text_atomic
 from wbc.runs import read_config
+from wbc.split import ExternalSplit, build_external_split, shared_classes  # noqa: F401 (notebook 13)
 
 
 def generalisation_gap(history: pd.DataFrame) -> pd.DataFrame:
@@ -153,83 +151,3 @@ def study_settings(profile: Any) -> dict:
                 "factors": STUDY_FACTORS["small"]}
     return {"image_size": profile.image_size, "epochs": profile.study_epochs,
             "seeds": [0, 1] if profile.name == "demo" else [0, 1, 2], "factors": STUDY_FACTORS["full"]}
-
-
-# --------------------------------------------------------------------------------------------
-# External validation: train on one source, test on the other
-# --------------------------------------------------------------------------------------------
-
-def shared_classes(manifest: pd.DataFrame, sources: tuple[str, str] = ("PBC", "LMU"),
-                   min_images: int = 1) -> list[str]:
-    """Labels with at least ``min_images`` images in every one of ``sources``, sorted (as classes.txt)."""
-    counts = pd.crosstab(manifest["label"], manifest["source"])
-    missing = [s for s in sources if s not in counts.columns]
-    if missing:
-        raise WbcError(f"the manifest has no {', '.join(missing)} images: external validation needs "
-                       f"both {sources[0]} and {sources[1]} (found sources: {sorted(counts.columns)})")
-    ok = (counts[list(sources)] >= min_images).all(axis=1)
-    return sorted(str(label) for label, shared in ok.items() if shared)
-
-
-@dataclass(frozen=True)
-class ExternalSplit:
-    """Two split folders: ``internal`` (train/val/test from one source), ``external`` (test from the other)."""
-
-    internal: Path
-    external: Path
-    classes: list[str]
-
-    def counts(self) -> pd.DataFrame:
-        """Images per class in internal train / val / test and the external test, with totals."""
-        parts = {name: pd.read_csv(self.internal / f"{name}.csv") for name in ("train", "val", "test")}
-        parts["external test"] = pd.read_csv(self.external / "test.csv")
-        table = pd.DataFrame({n: f["label"].value_counts() for n, f in parts.items()})
-        table = table.reindex(self.classes).fillna(0).astype(int)
-        table.loc["total"] = table.sum()
-        return table
-
-
-def build_external_split(manifest: pd.DataFrame | str | Path, out_dir: str | Path, *,
-                         train_source: str = "PBC", test_source: str = "LMU",
-                         fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0,
-                         min_images: int = 2, rebuild: bool = False) -> ExternalSplit:
-    """Split folders for external validation under ``out_dir``, reused while the manifest and the
-    settings are those they were built from (``recipe.json``, written last), else rebuilt.
-
-    ``internal/``: train, val and test from ``train_source`` only (stratified, duplicate-aware:
-    ``test`` is the *internal* test). ``external/test.csv``: every ``test_source`` image. Both
-    keep only the labels the two sources share (at least ``min_images`` each); the others are
-    printed. ``classes.txt`` is the same in both folders.
-    """
-    from wbc.split import split_manifest, write_split_folder
-
-    out_dir = Path(out_dir)
-    internal, external = out_dir / "internal", out_dir / "external"
-    if not isinstance(manifest, pd.DataFrame):
-        manifest = pd.read_csv(manifest, keep_default_na=False)
-    recipe = {"manifest": str(pd.util.hash_pandas_object(manifest.astype(str), index=False).sum()),
-              "train_source": train_source, "test_source": test_source, "fractions": [float(f) for f in fractions],
-              "seed": int(seed), "min_images": int(min_images)}
-    recipe_path = out_dir / "recipe.json"
-    complete = (internal / "classes.txt").is_file() and (external / "classes.txt").is_file()
-    if not rebuild and complete and recipe_path.is_file():
-        if json.loads(recipe_path.read_text()) == recipe:
-            print(f"External-validation splits: reusing {out_dir} (same manifest and settings)")
-            return ExternalSplit(internal, external, (internal / "classes.txt").read_text().split())
-        print(f"External-validation splits: manifest or settings changed since {out_dir} was built: rebuilding")
-    classes = shared_classes(manifest, (train_source, test_source), min_images)
-    if len(classes) < 2:
-        raise WbcError(f"only {len(classes)} class(es) have >= {min_images} images in both {train_source} "
-                       f"and {test_source}: {classes}; external validation needs at least two")
-    left_out = sorted(set(manifest["label"]) - set(classes))
-    if left_out:
-        print(f"Left out (not in both {train_source} and {test_source} with >= {min_images} images): "
-              f"{', '.join(left_out)}")
-    kept = manifest[manifest["label"].isin(classes)]
-    parts = split_manifest(kept[kept["source"] == train_source].reset_index(drop=True), fractions, seed)
-    write_split_folder(parts, internal)
-    write_csv_atomic(kept[kept["source"] == test_source].reset_index(drop=True), external / "test.csv")
-    write_text_atomic(external / "classes.txt", (internal / "classes.txt").read_text())
-    write_text_atomic(recipe_path, json.dumps(recipe, sort_keys=True))
-    print(f"External-validation splits written to {out_dir}: train on {train_source}, test on {test_source}")
-    return ExternalSplit(internal, external, classes)

@@ -1,13 +1,14 @@
-"""Small file helpers shared by every stage: atomic writes, folders replaced as a unit, content hashes.
+"""File helpers shared by every stage: atomic writes, folders replaced as a unit, hashes, tables,
+and the one cache rule of stage outputs (a recipe beside the output).
 
-Files written here get the permissions of an ordinary new file (``0o666`` less the umask,
-usually ``0644``) and folders those of an ordinary new folder (``0o777`` less the umask), not the
-private ``0600`` / ``0700`` of ``tempfile``'s temporary names.
+Files written here get the permissions of an ordinary new file or folder (``0o666`` / ``0o777``
+less the umask), not the private ``0600`` / ``0700`` of ``tempfile``'s temporary names.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -145,3 +146,49 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def recipe_path(out: str | os.PathLike) -> Path:
+    """``<out>.recipe.json``: the settings and input digests ``out`` was built from."""
+    return Path(f"{os.fspath(out)}.recipe.json")
+
+
+def recipe_matches(out: str | os.PathLike, recipe: dict) -> bool:
+    """True when ``out`` exists and was built from ``recipe`` (see ``write_recipe``). Stage outputs
+    (manifests, processed images, splits) are reused only while this holds; runs are keyed by
+    their settings instead (``wbc.runs.run_key``)."""
+    return Path(out).exists() and read_json(recipe_path(out)) == json.loads(json.dumps(recipe))
+
+
+def write_recipe(out: str | os.PathLike, recipe: dict) -> None:
+    """Record, after ``out`` is complete, what it was built from."""
+    write_text_atomic(recipe_path(out), json.dumps(recipe, sort_keys=True))
+
+
+def read_table(path: str | os.PathLike, what: str = "CSV", *, hint: str = "",
+               relative_to_folder: bool = False) -> pd.DataFrame:
+    """A CSV with at least ``path`` and ``label`` columns, every cell as text (empty cells stay
+    ""). ``relative_to_folder``: relative paths are relative to the CSV's folder (so a split
+    folder can move). WbcError naming the file when it is missing, unreadable or lacks a column."""
+    path = Path(path)
+    if not path.is_file():
+        raise WbcError(f"{path}: {what} not found" + (f" ({hint})" if hint else ""))
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise WbcError(f"{path}: not a readable {what} ({exc})") from None
+    missing = [c for c in ("path", "label") if c not in df.columns]
+    if missing:
+        raise WbcError(f"{path}: missing column(s) {', '.join(missing)}" + (f" ({hint})" if hint else ""))
+    if relative_to_folder:
+        df["path"] = [p if os.path.isabs(p) else os.path.normpath(os.path.join(path.parent, p))
+                      for p in df["path"]]
+    return df

@@ -1,29 +1,23 @@
 """One writer per output folder: an advisory lock file beside the folder.
 
 Every stage that writes a folder (``preprocess``, ``split``, ``train --out``, ``evaluate`` on a
-run folder) holds ``FolderLock(folder)`` while it writes. The lock is the file
-``.<folder name>.lock`` *beside* the folder (so a folder replaced as a unit, like a split
-folder, does not carry its lock away). It holds JSON naming the holder: stage, PID, host and
-start time.
-
-How it works: the lock file is locked with ``flock`` (released by the kernel when its process
-dies, however it dies). A second writer finds it locked and gets a ``WbcError`` naming the
-holder (the CLI exits with status 2). A lock file whose process is gone (killed with ``kill
--9``, a crash, a power cut) is taken over, and the take-over is reported. Where ``flock`` is not
-available, the holder's PID is checked instead (same host only; a lock from another host is
-respected). The lock is advisory: it guards against a second ``wbc`` command, not against
-other programs writing into the folder.
+run folder) holds ``FolderLock(folder)`` while it writes. The lock is ``.<folder name>.lock``
+*beside* the folder (a folder replaced as a unit keeps its lock), holding JSON that names the
+holder (stage, PID, host, start time). It is locked with ``flock``, which the kernel releases
+when its process dies however it dies: a second writer gets a ``WbcError`` naming the holder,
+and a lock file left by a dead process is taken over (and reported). Where ``flock`` is not
+available the holder's PID is checked instead (same host only). The lock guards against a
+second ``wbc`` command, not against other programs.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import socket
-import sys
 import threading
 from pathlib import Path
-from typing import Callable
 
 from wbc.errors import WbcError
 
@@ -85,29 +79,21 @@ def describe_holder(holder: dict | None) -> str:
             f"{holder.get('host', '?')}, started {holder.get('started', '?')})")
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 class FolderLock:
     """Advisory lock on an output folder; use as a context manager.
 
     ``FolderLock(folder, "preprocess")`` raises ``WbcError`` on entry when another live process
     holds the folder, naming it. ``stale`` is the record of a dead holder that was taken over
-    (also reported through ``report``, by default on stderr), else None.
+    (also logged as a warning), else None.
     """
 
-    def __init__(self, folder: str | os.PathLike, stage: str = "wbc",
-                 report: Callable[[str], None] | None = _stderr):
+    def __init__(self, folder: str | os.PathLike, stage: str = "wbc"):
         self.folder = Path(os.path.abspath(folder))
         self.path = lock_path(self.folder)
         self.stage = stage
-        self.report = report
         self.stale: dict | None = None
         self._fd: int | None = None
         self._depth = 0
-
-    # ------------------------------------------------------------------ record
 
     def _record(self) -> dict:
         return {"stage": self.stage, "pid": os.getpid(), "host": socket.gethostname(),
@@ -119,8 +105,6 @@ class FolderLock:
             f"{self.folder} is being written by {describe_holder(holder)}; only one command may "
             f"write a folder at a time. Wait for it to finish, or choose another output folder. "
             f"(Lock file: {self.path}; if that process really is gone, delete the lock file.)")
-
-    # ------------------------------------------------------------------ acquire / release
 
     def acquire(self) -> "FolderLock":
         """Take the lock (or raise WbcError naming the holder); returns self."""
@@ -166,10 +150,9 @@ class FolderLock:
                 _HELD[key] = (me, self)
             if previous and not mine:
                 self.stale = previous
-                if self.report:
-                    self.report(f"note: {self.folder}: took over a stale lock left by "
-                                f"{describe_holder(previous)}; that process is no longer running "
-                                "(killed or crashed). Finished work in the folder is kept.")
+                logging.getLogger(__name__).warning(
+                    f"note: {self.folder}: took over a stale lock left by {describe_holder(previous)}; that "
+                    "process is no longer running (killed or crashed). Finished work in the folder is kept.")
             return self
         raise WbcError(f"{self.path}: could not take the lock (it keeps being replaced); try again")
 
@@ -224,8 +207,3 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def folder_lock(folder: str | os.PathLike, stage: str) -> FolderLock:
-    """``with folder_lock(out_dir, "preprocess"):`` - see ``FolderLock``."""
-    return FolderLock(folder, stage)

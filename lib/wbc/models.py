@@ -9,7 +9,8 @@ replaced by random ones), loading a weights file, and choosing a builder by name
 """
 from __future__ import annotations
 
-import sys
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,8 +34,6 @@ def _check_name(name: str) -> None:
 
 def imagenet_cache_path() -> Path:
     """Where Keras keeps the ResNet50 ImageNet weights once downloaded."""
-    import os
-
     base = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     return base / "models" / RESNET50_NOTOP_FILE
 
@@ -75,9 +74,9 @@ def resolve_weights(weights: str | Path | None) -> str | Path | None:
         return "imagenet"
     except WbcError as exc:
         bar = "!" * 78
-        print(f"{bar}\nWARNING: ImageNet weights unavailable, so ResNet50 starts from RANDOM "
-              f"weights.\n{exc}\nResults will be far below the study's; this is expected here."
-              f"\n{bar}", file=sys.stderr, flush=True)
+        logging.getLogger(__name__).warning(
+            f"{bar}\nWARNING: ImageNet weights unavailable, so ResNet50 starts from RANDOM weights.\n{exc}\n"
+            f"Results will be far below the study's; this is expected here.\n{bar}")
         return "none"
 
 

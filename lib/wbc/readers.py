@@ -28,32 +28,22 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from wbc.config import ALL_DIRNAME, LMU_DIRNAME, PBC_DIRNAME
+from wbc.config import ALL_DIRNAME, LMU_DIRNAME, PBC_DIRNAME, SOURCE_DIRS
 from wbc.errors import LayoutError, WbcError
 from wbc.fileio import display_path, file_digest, is_utf8_name
+from wbc.images import sniff_format
 from wbc.labels import ALL_CLASSES, ALL_VERSIONS, LMU_CODES, PBC_CLASSES, PBC_PREFIXES
 
 MANIFEST_COLUMNS = ["path", "source", "source_label", "sub_label", "label"]
 SKIPPED_COLUMNS = ["path", "reason"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG",
-    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF", b"MM\x00+": "TIFF",
-}
-DATASET_DIRS = {"pbc": PBC_DIRNAME, "lmu": LMU_DIRNAME, "all": ALL_DIRNAME}
+DATASET_DIRS = {key.lower(): name for key, name in SOURCE_DIRS.items()}
 BAD_NAME_REASON = ("unreadable name: not valid UTF-8 (the bytes are shown as \\xNN); rename it "
                    "(e.g. convmv -f latin1 -t utf8) to include it")
 _PREFIX = re.compile(r"^([A-Za-z]+)_")
 
 
 # ---------------------------------------------------------------- single files
-
-def image_signature(path: str | os.PathLike) -> str | None:
-    """``"JPEG"``, ``"PNG"`` or ``"TIFF"`` from the file's first bytes, else None."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    return next((kind for magic, kind in SIGNATURES.items() if head.startswith(magic)), None)
-
 
 def check_image_file(path: Path) -> str | None:
     """None when ``path`` looks like an image; otherwise the reason to skip it."""
@@ -64,10 +54,10 @@ def check_image_file(path: Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return "empty file: 0 bytes"
-        if image_signature(path) is None:
-            with open(path, "rb") as fh:
-                head = fh.read(4).hex(" ")
-            return f"not an image: first bytes {head} match no JPEG/PNG/TIFF signature"
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        if sniff_format(head) not in ("JPEG", "PNG", "TIFF"):
+            return f"not an image: first bytes {head[:4].hex(' ')} match no JPEG/PNG/TIFF signature"
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
     return None

@@ -74,9 +74,11 @@ def _options(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> int:
     """Run the download; 0 when the data is usable, 1 when files are missing or unreadable."""
     from wbc.config import data_dir_argument
-    from wbc.download import download_dataset
+    from wbc.download import download_dataset, lmu_instructions
 
     data_dir = data_dir_argument(args.data_dir, must_exist=False)
+    if args.dataset == "lmu":
+        print(lmu_instructions(data_dir))
     result = download_dataset(args.dataset, data_dir, **_options(args))
     print(result.summary())
     return 0 if result.report is None or result.report.usable else 1
