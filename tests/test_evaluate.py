@@ -171,7 +171,8 @@ def test_predict_images_reads_tiff_and_reports_bad_files(run_dir, tmp_path):
 
 
 def test_gradcam_overlays_are_written_at_the_original_size(run_dir, tmp_path):
-    from wbc.evaluate import classify_images, gradcam_overlays, open_run
+    from wbc.evaluate import classify_images, open_run
+    from wbc.gradcam import save_overlays as gradcam_overlays
 
     model, config = open_run(run_dir)
     files = sorted((run_dir.parent / "split" / "images").glob("test_red_*.png"))[:2]

@@ -1,18 +1,14 @@
-"""Evaluation of a training run: predictions, metrics, tables and figures; prediction on new images.
+"""The CLI's evaluation of a run and its prediction on new images.
 
 ``evaluate_run(run_dir)`` predicts a split of the run's split folder and writes into
-``run_dir/evaluation/<split>/``:
-
-- ``metrics.json``: accuracy, loss, macro/weighted F1, balanced accuracy, AUC (macro, micro),
-  bootstrap 95 % intervals (``ci95``) for accuracy and macro F1, per-class figures;
-- ``report.csv`` / ``report.md``: the per-class table (+ scikit-learn's classification report);
-- ``confusion_counts.csv``, ``confusion_normalised.csv``, ``predictions.csv``;
-- figures: ``curves.png`` (training history), ``confusion.png``, ``confusion_normalised.png``,
-  ``roc.png``, ``errors.png`` (the most confident mistakes with true / predicted / confidence).
-
-Every file is written atomically; re-running replaces them. Evaluating another split folder
-than the run's own (external validation) writes to ``evaluation/<folder name>-<split>/`` instead,
-so the run's own results are never overwritten.
+``run_dir/evaluation/<split>/`` (another split folder, for external validation: ``<folder
+name>-<split>/``, so the run's own results are never overwritten): ``metrics.json`` (accuracy,
+loss, F1, balanced accuracy, AUC, bootstrap 95 % intervals, per-class figures), ``report.csv`` /
+``report.md`` (per class + scikit-learn's classification report), ``confusion_counts.csv``,
+``confusion_normalised.csv``, ``predictions.csv`` and the figures ``curves.png``,
+``confusion.png``, ``confusion_normalised.png``, ``roc.png``, ``errors.png`` (the most confident
+mistakes). Every file is written atomically. ``classify_images`` predicts image files (any
+format ``wbc.images`` reads) with the run's preprocessing.
 """
 from __future__ import annotations
 
@@ -27,15 +23,9 @@ import pandas as pd
 
 from wbc.checks import check_split_classes
 from wbc.errors import WbcError
-from wbc.fileio import write_bytes_atomic, write_csv_atomic, write_text_atomic
+from wbc.fileio import write_csv_atomic, write_text_atomic
 from wbc.locking import FolderLock
-from wbc.metrics import (
-    bootstrap_ci,
-    classification_report_text,
-    compute_metrics,
-    confusion,
-    per_class_table,
-)
+from wbc.metrics import bootstrap_ci, classification_report_text, compute_metrics, confusion, per_class_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -43,21 +33,11 @@ if TYPE_CHECKING:  # pragma: no cover
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_GALLERY = 16  # misclassified images shown in errors.png
 DISPLAY_SIZE = 128  # pixel size of the gallery thumbnails
-PREDICT_CHUNK = 256  # images read and predicted at a time by predict_images
-
-
-# ----------------------------------------------------------------------------- loading
-
-def check_run_dir(run_dir: str | os.PathLike) -> Path:
-    """``run_dir`` as a Path; WbcError at once (before TensorFlow loads) when it is no folder."""
-    if not Path(run_dir).is_dir():
-        raise WbcError(f"{run_dir}: run folder not found (train one with `python -m wbc train ... --out DIR`)")
-    return Path(run_dir)
+PREDICT_CHUNK = 256  # images read and predicted at a time by classify_images
 
 
 def open_run(run_dir: str | os.PathLike) -> tuple["keras.Model", dict]:
-    """``(model, config)`` of a run folder, with a clear error when it is not one."""
-    check_run_dir(run_dir)
+    """``(model, config)`` of a run folder (``runs.load_run``), with the keys evaluation needs."""
     from wbc.runs import load_run
 
     model, config = load_run(run_dir)
@@ -71,11 +51,10 @@ def evaluation_dir(run_dir: str | os.PathLike, split: str = "test", split_dir: s
                    config: dict | None = None) -> Path:
     """Where :func:`evaluate_run` writes: ``evaluation/<split>`` for the run's own split folder,
     ``evaluation/<folder name>-<split>`` for another one."""
-    run_dir = Path(run_dir)
     own = (config or {}).get("split_dir")
     if split_dir is None or (own and Path(split_dir).resolve() == Path(own).resolve()):
-        return run_dir / "evaluation" / split
-    return run_dir / "evaluation" / f"{Path(split_dir).resolve().name}-{split}"
+        return Path(run_dir) / "evaluation" / split
+    return Path(run_dir) / "evaluation" / f"{Path(split_dir).resolve().name}-{split}"
 
 
 def _split_dir(config: dict, split_dir: str | os.PathLike | None, run_dir: Path) -> Path:
@@ -89,31 +68,23 @@ def _split_dir(config: dict, split_dir: str | os.PathLike | None, run_dir: Path)
 
 # ----------------------------------------------------------------------------- predictions
 
-def _predict(model, dataset_or_images, paths: Sequence[str], image_size: int) -> np.ndarray:
+def _predict(model, dataset_or_images, paths: Sequence[str]) -> np.ndarray:
     """``model.predict`` as float64, naming undecodable files instead of a TensorFlow trace."""
     import tensorflow as tf
 
     try:
-        probs = model.predict(dataset_or_images, verbose=0)
+        return np.asarray(model.predict(dataset_or_images, verbose=0), dtype=np.float64)
     except tf.errors.OpError:
-        from wbc.pipeline import find_undecodable
+        from wbc.pipeline import raise_if_undecodable
 
-        bad = find_undecodable(paths, image_size)
-        if bad:
-            raise WbcError(f"{len(bad)} image(s) could not be decoded:\n  "
-                           + "\n  ".join(f"{p}: {why}" for p, why in bad[:10])) from None
+        raise_if_undecodable(paths)
         raise
-    return np.asarray(probs, dtype=np.float64)
 
 
 def _prediction_frame(paths: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    pred = probs.argmax(axis=1)
-    frame = pd.DataFrame({"path": list(paths),
-                          "predicted_label": [classes[i] for i in pred],
+    frame = pd.DataFrame({"path": list(paths), "predicted_label": [classes[i] for i in probs.argmax(axis=1)],
                           "confidence": probs.max(axis=1)})
-    for i, name in enumerate(classes):
-        frame[f"p_{name}"] = probs[:, i]
-    return frame
+    return frame.join(pd.DataFrame(probs, columns=[f"p_{c}" for c in classes]))
 
 
 def predict_split(run_dir: str | os.PathLike, split: str = "test",
@@ -133,9 +104,8 @@ def predict_frame(model, config: dict, split: str, split_dir: str | os.PathLike,
     frame = load_split(split_dir, split)
     if frame.empty:
         raise WbcError(f"split {split!r} has no images")
-    ds = split_dataset(frame, classes, int(config["image_size"]), batch_size)
     paths = frame["path"].astype(str).tolist()
-    probs = _predict(model, ds, paths, int(config["image_size"]))
+    probs = _predict(model, split_dataset(frame, classes, int(config["image_size"]), batch_size), paths)
     out = _prediction_frame(paths, probs, classes)
     out.insert(1, "true_label", frame["label"].astype(str).to_numpy())
     out.insert(4, "correct", out["true_label"] == out["predicted_label"])
@@ -151,116 +121,86 @@ def probabilities(predictions: pd.DataFrame, classes: Sequence[str]) -> tuple[np
 
 # ----------------------------------------------------------------------------- reports
 
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a GitHub Markdown table (floats with 3 decimals, missing values as n/a)."""
-    head = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.astype(object).to_numpy()]
-    return "\n".join([head, rule, *rows])
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.astype(object).to_numpy()]
+    return "\n".join(["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "|".join("---" for _ in frame.columns)
+                      + "|", *rows])
 
 
 def report_markdown(metrics: dict, report_text: str) -> str:
     """``report.md``: summary with 95 % intervals, per-class table, classification report."""
-    ci = metrics["ci95"]
+    ci = {m: f"{low:.3f} - {high:.3f}" for m, (low, high) in metrics["ci95"].items()}
     summary = pd.DataFrame([
-        ("accuracy", metrics["accuracy"], f"{ci['accuracy'][0]:.3f} - {ci['accuracy'][1]:.3f}"),
-        ("macro F1", metrics["macro_f1"], f"{ci['macro_f1'][0]:.3f} - {ci['macro_f1'][1]:.3f}"),
-        ("weighted F1", metrics["weighted_f1"], ""),
-        ("balanced accuracy", metrics["balanced_accuracy"], ""),
-        ("loss (cross-entropy)", metrics["loss"], ""),
-        ("AUC macro (one-vs-rest)", metrics["auc_macro"], ""),
+        ("accuracy", metrics["accuracy"], ci["accuracy"]), ("macro F1", metrics["macro_f1"], ci["macro_f1"]),
+        ("weighted F1", metrics["weighted_f1"], ""), ("balanced accuracy", metrics["balanced_accuracy"], ""),
+        ("loss (cross-entropy)", metrics["loss"], ""), ("AUC macro (one-vs-rest)", metrics["auc_macro"], ""),
         ("AUC micro", metrics["auc_micro"], ""),
     ], columns=["metric", "value", "95% CI (bootstrap)"])
     notes = "".join(f"- {note}\n" for note in metrics["notes"])
     return (f"# Evaluation: {metrics['split']} split, {metrics['n_images']} images\n\n"
             f"Run: `{metrics['run_dir']}`  \nSplit folder: `{metrics['split_dir']}`\n\n"
-            f"{markdown_table(summary)}\n\n## Per class\n\n"
-            f"{markdown_table(per_class_table(metrics))}\n\n"
+            f"{markdown_table(summary)}\n\n## Per class\n\n{markdown_table(per_class_table(metrics))}\n\n"
             + (f"## Notes\n\n{notes}\n" if notes else "")
             + f"## scikit-learn classification report\n\n```\n{report_text}```\n")
 
 
-def _confusion_frame(cm: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    frame = pd.DataFrame(cm, columns=list(classes))
-    frame.insert(0, "true_class", list(classes))
-    return frame
-
-
-def _error_gallery(predictions: pd.DataFrame, path: Path) -> None:
-    from wbc.pipeline import load_raw_images
-    from wbc.plots import plot_image_gallery
-
-    wrong = predictions[~predictions["correct"]].sort_values("confidence", ascending=False).head(MAX_GALLERY)
-    images = load_raw_images(wrong["path"].tolist(), DISPLAY_SIZE) if len(wrong) else []
-    titles = [f"true: {t}\npred: {p} ({c:.2f})" for t, p, c in
-              zip(wrong["true_label"], wrong["predicted_label"], wrong["confidence"])]
-    n_wrong = int((~predictions["correct"]).sum())
-    plot_image_gallery(images, titles, ncols=4, path=path,
-                       title=f"Misclassified images, most confident first ({len(wrong)} of {n_wrong})")
-
-
 def write_figures(out: Path, run_dir: Path, predictions: pd.DataFrame, metrics: dict) -> list[str]:
     """All evaluation PNGs; returns notes about figures that could not be drawn."""
-    from wbc.plots import plot_confusion_matrix, plot_history, plot_roc
+    from wbc.pipeline import load_raw_images
+    from wbc.plots import plot_confusion_matrix, plot_history, plot_image_gallery, plot_roc
+    from wbc.runs import read_history
 
     classes = metrics["classes"]
     y, probs = probabilities(predictions, classes)
-    y_pred = probs.argmax(axis=1)
     notes = []
-    history = run_dir / "history.csv"
-    if history.is_file() and history.stat().st_size > 0:
-        from wbc.runs import read_history
-
+    if (run_dir / "history.csv").is_file() and (run_dir / "history.csv").stat().st_size > 0:
         plot_history(read_history(run_dir), path=out / "curves.png", title=f"Training curves: {run_dir.name}")
     else:
-        notes.append(f"{history} not found: curves.png not drawn")
-    plot_confusion_matrix(confusion(y, y_pred, len(classes)), classes, path=out / "confusion.png")
-    plot_confusion_matrix(confusion(y, y_pred, len(classes), normalise="true"), classes, normalised=True,
+        notes.append(f"{run_dir / 'history.csv'} not found: curves.png not drawn")
+    plot_confusion_matrix(confusion(y, probs.argmax(1), len(classes)), classes, path=out / "confusion.png")
+    plot_confusion_matrix(confusion(y, probs.argmax(1), len(classes), normalise="true"), classes, normalised=True,
                           path=out / "confusion_normalised.png")
     plot_roc(y, probs, classes, path=out / "roc.png")
-    _error_gallery(predictions, out / "errors.png")
+    wrong = predictions[~predictions["correct"]].sort_values("confidence", ascending=False).head(MAX_GALLERY)
+    plot_image_gallery(load_raw_images(wrong["path"].tolist(), DISPLAY_SIZE) if len(wrong) else [],
+                       [f"true: {t}\npred: {p} ({c:.2f})" for t, p, c in
+                        zip(wrong["true_label"], wrong["predicted_label"], wrong["confidence"])],
+                       ncols=4, path=out / "errors.png", title=f"Misclassified images, most confident first "
+                       f"({len(wrong)} of {int((~predictions['correct']).sum())})")
     return notes
 
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", split_dir: str | os.PathLike | None = None,
                  n_boot: int = 1000, seed: int = 0) -> dict:
-    """Evaluate a run on one split; writes metrics, tables, predictions and figures (see module
-    docstring) and returns the content of ``metrics.json`` plus ``out_dir``."""
+    """Evaluate a run on one split, holding the run folder's lock; writes metrics, tables, predictions
+    and figures (see the module docstring) and returns ``metrics.json``'s content plus ``out_dir``."""
     run_dir = Path(run_dir)
-    with FolderLock(run_dir, "evaluate"):  # one writer per run folder (re-entrant for the CLI's lock)
-        return _evaluate(run_dir, split, split_dir, n_boot, seed)
-
-
-def _evaluate(run_dir: Path, split: str, split_dir, n_boot: int, seed: int) -> dict:
-    model, config = open_run(run_dir)
-    classes = list(config["classes"])
-    chosen = _split_dir(config, split_dir, run_dir)
-    check_split_classes(chosen, run_dir)  # same classes, same order: class indices mean the same
-    out = evaluation_dir(run_dir, split, split_dir, config)
-    predictions = predict_frame(model, config, split, chosen)
-    y, probs = probabilities(predictions, classes)
-
-    metrics = compute_metrics(y, probs, classes)
-    metrics["ci95"] = {m: list(bootstrap_ci(y, probs, m, n_boot=n_boot, seed=seed)) for m in ("accuracy", "macro_f1")}
-    metrics.update(split=split, split_dir=str(chosen.resolve()), run_dir=str(run_dir.resolve()),
-                   model=config.get("model"), n_boot=n_boot)
-    report_text = classification_report_text(y, probs, classes)
-
-    write_csv_atomic(predictions, out / "predictions.csv")
-    write_csv_atomic(per_class_table(metrics), out / "report.csv")
-    write_csv_atomic(_confusion_frame(confusion(y, probs.argmax(1), len(classes)), classes),
-                     out / "confusion_counts.csv")
-    write_csv_atomic(_confusion_frame(confusion(y, probs.argmax(1), len(classes), "true"), classes),
-                     out / "confusion_normalised.csv")
-    metrics["notes"] += write_figures(out, run_dir, predictions, metrics)
-    write_text_atomic(out / "report.md", report_markdown(metrics, report_text))
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    with FolderLock(run_dir, "evaluate"):  # re-entrant: the CLI holds it already
+        model, config = open_run(run_dir)
+        classes = list(config["classes"])
+        chosen = _split_dir(config, split_dir, run_dir)
+        check_split_classes(chosen, run_dir)  # same classes, same order: class indices mean the same
+        out = evaluation_dir(run_dir, split, split_dir, config)
+        predictions = predict_frame(model, config, split, chosen)
+        y, probs = probabilities(predictions, classes)
+        metrics = compute_metrics(y, probs, classes)
+        metrics["ci95"] = {m: list(bootstrap_ci(y, probs, m, n_boot=n_boot, seed=seed)) for m in ("accuracy", "macro_f1")}
+        metrics.update(split=split, split_dir=str(chosen.resolve()), run_dir=str(run_dir.resolve()),
+                       model=config.get("model"), n_boot=n_boot)
+        write_csv_atomic(predictions, out / "predictions.csv")
+        write_csv_atomic(per_class_table(metrics), out / "report.csv")
+        for name, normalise in (("confusion_counts.csv", None), ("confusion_normalised.csv", "true")):
+            cm = pd.DataFrame(confusion(y, probs.argmax(1), len(classes), normalise), columns=classes)
+            write_csv_atomic(cm.assign(true_class=classes)[["true_class", *classes]], out / name)
+        metrics["notes"] += write_figures(out, run_dir, predictions, metrics)
+        write_text_atomic(out / "report.md", report_markdown(metrics, classification_report_text(y, probs, classes)))
+        write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return {**metrics, "out_dir": str(out)}
 
 
@@ -284,22 +224,15 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def read_model_input(path: str | os.PathLike, image_size: int,
-                     preprocess: dict | None = None) -> np.ndarray:
-    """One image file (any format OpenCV reads: TIFF too) as uint8 RGB at ``image_size``, resized
-    exactly as the training pipeline does (bilinear with antialiasing, rounded).
-
-    ``preprocess`` (a run's ``config["preprocess"]``) first gives a raw image the colour
-    normalisation and resize mode its training images had; an image that a preprocess run
-    wrote already has them and is left as it is.
-    """
+def read_model_input(path: str | os.PathLike, image_size: int, preprocess: dict | None = None) -> np.ndarray:
+    """One image file (any format ``wbc.images`` reads: TIFF too) as uint8 RGB at ``image_size``,
+    resized as the training pipeline does (bilinear with antialiasing, rounded). ``preprocess`` (a
+    run's ``config["preprocess"]``) first gives a raw image the colour normalisation and resize mode
+    its training images had; an image a preprocess run wrote already has them."""
     import tensorflow as tf
 
-    from wbc.preprocess import (
-        apply_preprocess_settings,
-        preprocess_settings,
-        read_image,
-    )
+    from wbc.images import read_image
+    from wbc.preprocess import apply_preprocess_settings, preprocess_settings
 
     image = read_image(path)
     if preprocess and preprocess_settings(path) is None:
@@ -319,15 +252,14 @@ def classify_images(model, config: dict, paths: Sequence[str | os.PathLike], top
                     skip_unreadable: bool = False) -> pd.DataFrame:
     """Classify image files or folders with a model in memory and its run configuration.
 
-    Columns: ``path``, ``predicted_label``, ``confidence``, ``top<i>_label`` / ``top<i>_prob``
-    for i = 1..top_k, ``p_<class>`` per class and ``error``. An unreadable image (empty,
-    truncated, not an image) raises WbcError naming it and the reason; with
-    ``skip_unreadable=True`` it gets a row with the reason in ``error`` and no probabilities.
+    Columns: ``path``, ``predicted_label``, ``confidence``, ``top<i>_label`` / ``top<i>_prob`` for
+    i = 1..top_k, ``p_<class>`` per class and ``error``. An unreadable image raises WbcError naming
+    it and the reason; with ``skip_unreadable=True`` it gets a row with the reason in ``error``.
     """
-    from wbc.preprocess import BadImageError
+    from wbc.images import BadImageError
 
     classes, size = list(config["classes"]), int(config["image_size"])
-    if not 1 <= top_k:
+    if top_k < 1:
         raise WbcError(f"--top-k must be at least 1, got {top_k}")
     top_k = min(top_k, len(classes))
     files = image_files(paths)
@@ -340,52 +272,18 @@ def classify_images(model, config: dict, paths: Sequence[str | os.PathLike], top
                 good.append(str(path))
             except BadImageError as exc:
                 errors.append((str(path), exc.reason))
-        if good:
-            x = np.stack(pixels).astype(np.float32)  # raw RGB pixels: the model scales them itself
-            rows.append(_prediction_frame(good, _predict(model, x, good, size), classes))
+        if good:  # raw RGB pixels: the model scales them itself
+            rows.append(_prediction_frame(good, _predict(model, np.stack(pixels).astype(np.float32), good), classes))
     if errors and not skip_unreadable:
         raise WbcError(f"{len(errors)} unreadable image(s):\n  " + "\n  ".join(f"{p}: {why}" for p, why in errors[:10]))
     frame = pd.concat(rows, ignore_index=True) if rows else _prediction_frame([], np.zeros((0, len(classes))), classes)
     probs = frame[[f"p_{c}" for c in classes]].to_numpy()
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-    position = 3
     for i in range(top_k):
-        frame.insert(position, f"top{i + 1}_label", [classes[j] for j in order[:, i]])
-        frame.insert(position + 1, f"top{i + 1}_prob", probs[np.arange(len(frame)), order[:, i]])
-        position += 2
+        frame.insert(3 + 2 * i, f"top{i + 1}_label", [classes[j] for j in order[:, i]])
+        frame.insert(4 + 2 * i, f"top{i + 1}_prob", probs[np.arange(len(frame)), order[:, i]])
     frame["error"] = ""
     if errors:
         frame = pd.concat([frame, pd.DataFrame({"path": [p for p, _ in errors], "error": [w for _, w in errors]})],
                           ignore_index=True)
     return frame
-
-
-def gradcam_overlays(model, config: dict, predictions: pd.DataFrame, out_dir: str | os.PathLike,
-                     alpha: float = 0.4) -> list[Path]:
-    """Save a Grad-CAM overlay (predicted class, over the original image) for each readable row
-    of :func:`classify_images`' table as ``out_dir/<name>_gradcam.png``; returns the paths."""
-    import cv2
-
-    from wbc.gradcam import overlay_heatmap
-    from wbc.preprocess import read_image
-    from wbc.runtime import lessons
-
-    classes, size = list(config["classes"]), int(config["image_size"])
-    out_dir = Path(out_dir)
-    written, used = [], set()
-    for _, row in predictions[predictions["error"].fillna("") == ""].iterrows():
-        x = read_model_input(row["path"], size, config.get("preprocess"))
-        heat = lessons().gradcam_heatmap(model, x, class_index=classes.index(row["predicted_label"]))
-        overlay = overlay_heatmap(read_image(row["path"]), heat, alpha=alpha)
-        stem, n = Path(row["path"]).stem, 1
-        name = f"{stem}_gradcam.png"
-        while name in used:
-            n += 1
-            name = f"{stem}_{n}_gradcam.png"
-        used.add(name)
-        ok, encoded = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise WbcError(f"could not encode the Grad-CAM overlay of {row['path']}")
-        write_bytes_atomic(out_dir / name, encoded.tobytes())
-        written.append(out_dir / name)
-    return written

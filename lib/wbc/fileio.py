@@ -173,16 +173,16 @@ def write_recipe(out: str | os.PathLike, recipe: dict) -> None:
     write_text_atomic(recipe_path(out), json.dumps(recipe, sort_keys=True))
 
 
-def read_table(path: str | os.PathLike, what: str = "CSV", *, hint: str = "",
+def read_table(path: str | os.PathLike, what: str = "CSV", *, hint: str = "", as_text: bool = True,
                relative_to_folder: bool = False) -> pd.DataFrame:
-    """A CSV with at least ``path`` and ``label`` columns, every cell as text (empty cells stay
-    ""). ``relative_to_folder``: relative paths are relative to the CSV's folder (so a split
-    folder can move). WbcError naming the file when it is missing, unreadable or lacks a column."""
+    """A CSV with at least ``path`` and ``label`` columns; ``as_text``: every cell as text, empty
+    cells "" (else pandas' types). ``relative_to_folder``: relative paths are relative to the CSV's
+    folder (a split folder can move). WbcError naming the file when missing, unreadable or lacking a column."""
     path = Path(path)
     if not path.is_file():
         raise WbcError(f"{path}: {what} not found" + (f" ({hint})" if hint else ""))
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False) if as_text else pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise WbcError(f"{path}: not a readable {what} ({exc})") from None
     missing = [c for c in ("path", "label") if c not in df.columns]
@@ -190,5 +190,5 @@ def read_table(path: str | os.PathLike, what: str = "CSV", *, hint: str = "",
         raise WbcError(f"{path}: missing column(s) {', '.join(missing)}" + (f" ({hint})" if hint else ""))
     if relative_to_folder:
         df["path"] = [p if os.path.isabs(p) else os.path.normpath(os.path.join(path.parent, p))
-                      for p in df["path"]]
+                      for p in df["path"].astype(str)]
     return df

@@ -15,46 +15,29 @@ import numpy as np
 import pandas as pd
 
 from wbc import runtime
+from wbc.checks import read_classes  # noqa: F401 (the one reader of classes.txt, used by the notebooks)
+from wbc.config import SPLITS
 from wbc.errors import WbcError
+from wbc.fileio import read_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
-SPLITS = ("train", "val", "test")
 #: File types ``tf.io.decode_image`` reads. TIFF is not among them: run ``preprocess`` first.
 DECODABLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 
 
-def read_classes(split_dir: str | Path) -> list[str]:
-    """The class names of a split folder, from ``classes.txt`` (line order = class index)."""
-    path = Path(split_dir) / "classes.txt"
-    if not path.is_file():
-        raise WbcError(f"{path}: missing; a split folder written by `python -m wbc split` has it")
-    classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not classes:
-        raise WbcError(f"{path}: empty (one class name per line expected)")
-    if len(set(classes)) != len(classes):
-        raise WbcError(f"{path}: duplicate class names")
-    return classes
-
-
 def load_split(split_dir: str | Path, split: str) -> pd.DataFrame:
-    """Read ``<split_dir>/<split>.csv`` (columns at least ``path``, ``label``)."""
+    """Read ``<split_dir>/<split>.csv`` (columns at least ``path``, ``label``; relative paths are
+    relative to the split folder, so it can be moved)."""
     if split not in SPLITS:
         raise WbcError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     return _read_csv(Path(split_dir) / f"{split}.csv")
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise WbcError(f"{path}: split CSV not found (run `python -m wbc split` first)")
-    df = pd.read_csv(path)
-    missing = {"path", "label"} - set(df.columns)
-    if missing:
-        raise WbcError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    # Relative paths are relative to the CSV's folder, so a split folder can be moved.
-    df["path"] = [str(p if Path(p).is_absolute() else (path.parent / p)) for p in df["path"].astype(str)]
-    return df
+def _read_csv(path: str | Path) -> pd.DataFrame:
+    return read_table(path, "split CSV", hint="run `python -m wbc split` first", as_text=False,
+                      relative_to_folder=True)
 
 
 def _frame(source: pd.DataFrame | str | Path) -> pd.DataFrame:
@@ -62,7 +45,7 @@ def _frame(source: pd.DataFrame | str | Path) -> pd.DataFrame:
         if not {"path", "label"} <= set(source.columns):
             raise WbcError("the DataFrame given to make_dataset needs columns 'path' and 'label'")
         return source
-    return _read_csv(Path(source))
+    return _read_csv(source)
 
 
 def check_files(paths: Sequence[str]) -> None:

@@ -1,9 +1,9 @@
 """Figures for training and evaluation: curves, confusion matrices, ROC curves, image galleries.
 
-Every function builds a :class:`matplotlib.figure.Figure` directly (no pyplot state, so it works
-with the Agg backend on servers and does not pile up open windows), gives it a title, axis
-labels and class names, returns it, and saves it as PNG when ``path`` is given. In a notebook,
-a returned figure displays itself as the cell's result.
+Every function builds a :class:`matplotlib.figure.Figure` directly (no pyplot state: works on
+servers and piles up no windows), with a title, axis labels and class names, returns it (a
+notebook displays it) and saves it as PNG when ``path`` is given. Confusion matrices and ROC
+curves are scikit-learn's displays; ``save_figure`` is the one PNG writer (``Context.save_figure``).
 """
 from __future__ import annotations
 
@@ -69,72 +69,49 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike | None = None,
 
 def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], normalised: bool = False,
                           path: str | os.PathLike | None = None, title: str | None = None) -> Figure:
-    """Confusion matrix heat map (rows: true class, columns: predicted class), values written in."""
+    """Confusion matrix heat map (rows: true class, columns: predicted class), values written in:
+    scikit-learn's ``ConfusionMatrixDisplay``."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     cm = np.asarray(cm)
-    k = len(classes)
-    size = max(5.0, 0.6 * k + 2.5)
+    size = max(5.0, 0.6 * len(classes) + 2.5)
     fig = Figure(figsize=(size + 1, size))
     ax = fig.subplots()
-    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalised else max(1, cm.max()))
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class" if normalised else "images")
-    threshold = (1 if normalised else max(1, cm.max())) / 2
-    for i in range(k):
-        for j in range(k):
-            text = f"{cm[i, j]:.2f}" if normalised else f"{int(cm[i, j])}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > threshold else "black")
-    ax.set_xticks(range(k), classes, rotation=45, ha="right")
-    ax.set_yticks(range(k), classes)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title or ("Confusion matrix (normalised by true class)" if normalised else "Confusion matrix (counts)"))
+    display = ConfusionMatrixDisplay(cm, display_labels=list(classes)).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, values_format=".2f" if normalised or cm.dtype.kind == "f" else "d",
+        im_kw={"vmin": 0, "vmax": 1 if normalised else max(1, cm.max())}, text_kw={"fontsize": 8})
+    display.im_.colorbar.set_label("share of true class" if normalised else "images")
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=title or f"Confusion matrix ({'normalised by true class' if normalised else 'counts'})")
     return _finish(fig, path)
-
-
-def roc_curves(y_true, probs, classes: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """One-vs-rest ROC curves ``name -> (fpr, tpr, auc)`` per class present, plus micro and macro."""
-    from sklearn.metrics import auc, roc_curve
-
-    y = np.asarray(y_true)
-    probs = np.asarray(probs, dtype=np.float64)
-    curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-    for i, name in enumerate(classes):
-        positive = y == i
-        if positive.any() and not positive.all():
-            fpr, tpr, _ = roc_curve(positive, probs[:, i])
-            curves[str(name)] = (fpr, tpr, float(auc(fpr, tpr)))
-    if curves:
-        grid = np.unique(np.concatenate([fpr for fpr, _, _ in curves.values()]))
-        mean_tpr = np.mean([np.interp(grid, fpr, tpr) for fpr, tpr, _ in curves.values()], axis=0)
-        onehot = np.eye(len(classes), dtype=int)[y]
-        fpr, tpr, _ = roc_curve(onehot.ravel(), probs.ravel())
-        curves["micro-average"] = (fpr, tpr, float(auc(fpr, tpr)))
-        curves["macro-average"] = (grid, mean_tpr, float(np.mean([a for _, _, a in list(curves.values())[:-1]])))
-    return curves
 
 
 def plot_roc(y_true, probs, classes: Sequence[str], path: str | os.PathLike | None = None,
              title: str = "ROC curves (one class vs the rest)") -> Figure:
-    """One-vs-rest ROC curve per class plus micro- and macro-averages, AUC in the legend.
+    """One-vs-rest ROC curve per class (scikit-learn's ``RocCurveDisplay``) plus the micro-average
+    and the macro-average (mean of the per-class curves), AUC in the legend. Classes absent from
+    ``y_true`` have no curve and are named in the legend as such."""
+    from sklearn.metrics import RocCurveDisplay
 
-    Classes absent from ``y_true`` have no curve (and are named in the legend as such).
-    """
-    curves = roc_curves(y_true, probs, classes)
+    y, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     fig = Figure(figsize=(7, 6))
     ax = fig.subplots()
-    for name, (fpr, tpr, area) in curves.items():
-        average = name.endswith("-average")
-        ax.plot(fpr, tpr, linestyle="--" if average else "-", linewidth=2.5 if average else 1.2,
-                color="black" if name == "micro-average" else None, label=f"{name} (AUC {area:.3f})")
-    for name in classes:
-        if str(name) not in curves:
+    curves = []
+    for i, name in enumerate(classes):
+        if (y == i).any() and not (y == i).all():
+            curves.append(RocCurveDisplay.from_predictions(y == i, probs[:, i], name=str(name), ax=ax,
+                                                           curve_kwargs={"linewidth": 1.2}))
+        else:
             ax.plot([], [], " ", label=f"{name} (not in the true labels)")
+    if curves:
+        RocCurveDisplay.from_predictions(np.eye(len(classes), dtype=int)[y].ravel(), probs.ravel(), name="micro-average",
+                                         ax=ax, curve_kwargs={"color": "black", "linestyle": "--", "linewidth": 2.5})
+        grid = np.unique(np.concatenate([c.fpr for c in curves]))
+        ax.plot(grid, np.mean([np.interp(grid, c.fpr, c.tpr) for c in curves], axis=0), linestyle="--", linewidth=2.5,
+                label=f"macro-average (AUC = {np.mean([c.roc_auc for c in curves]):.2f})")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title(title)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (1 - specificity)",
+           ylabel="true positive rate (sensitivity)", title=title)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return _finish(fig, path)

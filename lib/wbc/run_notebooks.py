@@ -1,14 +1,16 @@
-"""Execute the course notebooks in order: ``python -m wbc.run_notebooks [--out DIR] [--only 03 05]``.
+"""Execute the course notebooks in order with papermill: ``python -m wbc.run_notebooks [--out DIR] [--only 03 05]``.
 
-Each ``notebooks/NN_*.ipynb`` runs top to bottom in a fresh ``python3`` kernel (working folder
-``notebooks/``); the executed copy, outputs included, goes to ``--out`` (default
-``outputs/notebooks-<profile>``). The source notebooks are never modified. The run stops at the
-first failing notebook and names it and the failing cell. ``make run`` calls this module.
+``make run`` calls this. Each ``notebooks/NN_*.ipynb`` runs top to bottom in a fresh ``python3``
+kernel (working folder ``notebooks/``) through ``papermill.execute_notebook``; the executed copy,
+outputs included, goes to ``--out`` (default ``outputs/notebooks-<profile>``); the sources are
+never modified. The run stops at the first failing notebook, naming it and the failing cell.
+Two things are added to papermill: the kernel's start-up warning is silenced, and the final
+text of each progress bar is stored for viewers that do not run widgets.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import html
 import sys
 import time
 from pathlib import Path
@@ -16,24 +18,16 @@ from pathlib import Path
 from wbc import config
 from wbc.errors import WbcError
 
-
-# The kernel runs on this machine and talks to us over local TCP; its start-up log warns that
-# the connection is not encrypted, once per notebook. Raise its log level to ERROR: the kernel's
-# own errors still reach stderr, and errors in cells arrive as cell outputs (and stop the run).
+# The kernel talks to us over local TCP and warns, once per notebook, that the connection is not
+# encrypted; at log level ERROR its own errors still reach stderr, cell errors arrive as outputs.
 KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
-
-
-def notebook_dir() -> Path:
-    """The ``notebooks/`` folder of the checkout."""
-    root = config.repo_root()
-    if root is None or not (root / "notebooks").is_dir():
-        raise WbcError("notebooks/ not found: run this from the repository checkout")
-    return root / "notebooks"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
 def select_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
     """``NN_*.ipynb`` in ``folder``, sorted; ``only`` keeps those whose number (``03``) or name matches."""
-    books = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    books = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if only:
         wanted = {o.zfill(2) if o.isdigit() else o for o in only}
         books = [p for p in books if p.name[:2] in wanted or p.stem in wanted or p.name in wanted]
@@ -45,38 +39,36 @@ def select_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
 
 
 def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> float:
-    """Execute one notebook into ``out_dir/<name>``; return the seconds it took.
-
-    Raises WbcError naming the notebook and the failing cell.
-    """
+    """Execute one notebook into ``out_dir/<name>`` with papermill; return the seconds it took.
+    Raises WbcError naming the notebook and the failing cell (index in the source notebook)."""
     import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
 
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=list(KERNEL_ARGUMENTS),
-                            resources={"metadata": {"path": str(path.parent)}})
+    target = Path(out_dir) / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        client.execute()
-    except CellExecutionError as exc:
-        failed = _failed_cell(nb)
-        _write(nb, out_dir / path.name)
-        raise WbcError(f"{path.name} failed at cell {failed} (executed copy with the error: "
-                       f"{out_dir / path.name}):\n{_short(str(exc))}") from None
-    seconds = time.perf_counter() - start
-    _write(nb, out_dir / path.name)
-    return seconds
-
-
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+        papermill.execute_notebook(str(path), str(target), kernel_name="python3", cwd=str(path.parent),
+                                   progress_bar=False, execution_timeout=timeout,
+                                   extra_arguments=list(KERNEL_ARGUMENTS))
+        failure = None
+    except PapermillExecutionError as exc:
+        failure = exc
+    nb = nbformat.read(str(target), as_version=4)
+    nb.cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    finalise_progress_bars(nb)
+    nbformat.write(nb, str(target))
+    if failure is not None:
+        first = (str(failure.source).strip().splitlines() or [""])[0][:70]
+        trace = "\n".join("\n".join(failure.traceback).strip().splitlines()[-25:])
+        raise WbcError(f"{path.name} failed at cell {failure.cell_index} ({first!r}) (executed copy with the "
+                       f"error: {target}):\n{failure.ename}: {failure.evalue}\n{trace}") from None
+    return time.perf_counter() - start
 
 
 def progress_text(state: dict, model_id: str) -> str | None:
     """The final text of a tqdm notebook bar (an HBox of HTML, FloatProgress, HTML widgets), or None."""
-    import html
-
     box = state.get(model_id, {})
     if box.get("model_name") != "HBoxModel":
         return None
@@ -91,11 +83,9 @@ def progress_text(state: dict, model_id: str) -> str | None:
 
 
 def finalise_progress_bars(nb) -> int:
-    """Give each progress-bar widget output the bar's final text as its plain-text version.
-
-    A widget's ``text/plain`` is captured when the bar appears ("0/1444"); viewers that do not
-    run widgets (GitHub, plain-text diffs) would show that forever. Returns how many were fixed.
-    """
+    """Give each progress-bar widget output the bar's final text as its plain-text version (captured
+    when the bar appeared, "0/1444", it would show that forever where widgets do not run: GitHub,
+    plain-text diffs). Returns how many were fixed."""
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     fixed = 0
     for cell in nb.cells:
@@ -108,31 +98,6 @@ def finalise_progress_bars(nb) -> int:
     return fixed
 
 
-def _failed_cell(nb) -> str:
-    """'N (first line of its source)' of the first code cell whose output holds an error."""
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-            first = (cell.source.strip().splitlines() or [""])[0][:70]
-            return f"{index} ({first!r})"
-    return "?"
-
-
-def _short(text: str, lines: int = 25) -> str:
-    kept = text.strip().splitlines()
-    return "\n".join(kept[-lines:])
-
-
-def _write(nb, target: Path) -> None:
-    """Save the executed notebook atomically."""
-    import nbformat
-
-    from wbc.fileio import atomic_path
-
-    finalise_progress_bars(nb)
-    with atomic_path(target) as tmp:
-        nbformat.write(nb, str(tmp))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the selected notebooks and print a table of seconds per notebook."""
     profile = config.get_profile()
@@ -142,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers or names)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default 1800)")
     args = parser.parse_args(argv)
+    root = config.repo_root()
     try:
-        books = select_notebooks(notebook_dir(), args.only)
-        data = os.environ.get("WBC_DATA_DIR") or f"demo data (generated in {config.demo_data_dir()})"
+        if root is None or not (root / "notebooks").is_dir():
+            raise WbcError("notebooks/ not found: run this from the repository checkout")
+        books = select_notebooks(root / "notebooks", args.only)
+        data = config.resolve_data_dir() or f"demo data (generated in {config.demo_data_dir()})"
         print(f"profile: {profile.name} | data: {data} | {len(books)} notebook(s) -> {args.out}", flush=True)
         times: list[tuple[str, float]] = []
         for path in books:

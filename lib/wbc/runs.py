@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 
+from wbc.config import SPLITS
 from wbc.errors import WbcError
 from wbc.fileio import atomic_path, file_digest, write_text_atomic
 
@@ -99,7 +100,7 @@ def code_fingerprint(*objects: Callable) -> str:
 def split_digests(split_dir: str | Path) -> dict[str, str]:
     """SHA-256 of the split CSVs and ``classes.txt``: what a run was trained and selected on."""
     split_dir = Path(split_dir)
-    names = [f"{s}.csv" for s in ("train", "val", "test")] + ["classes.txt"]
+    names = [f"{s}.csv" for s in SPLITS] + ["classes.txt"]
     return {name: file_digest(split_dir / name) for name in names if (split_dir / name).is_file()}
 
 
@@ -168,15 +169,18 @@ def read_history(run_dir: str | Path, phase1_epochs: int | None = None) -> pd.Da
 
 
 def read_config(run_dir: str | Path) -> dict:
-    """``config.json`` of a run folder; WbcError when missing or unreadable."""
+    """``config.json`` of a run folder; WbcError when missing, unreadable or not a JSON object."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise WbcError(f"{Path(run_dir)}: incomplete run (config.json missing); the training was "
                        "interrupted or failed: train again with --overwrite")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise WbcError(f"{path}: not valid JSON ({exc})") from exc
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WbcError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise WbcError(f"{path}: not a run configuration (a JSON object is expected)")
+    return config
 
 
 def load_run(run_dir: str | Path) -> tuple["keras.Model", dict]:

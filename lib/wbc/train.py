@@ -144,18 +144,15 @@ def train_model(split_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *,
     The saved model is the best epoch by validation accuracy, across both phases; ``config.json``
     says which epoch and phase it is. Refuses to replace a complete run unless ``overwrite``.
     """
-    from wbc.pipeline import load_split, read_classes
+    from wbc.checks import read_classes
+    from wbc.pipeline import load_split
 
     cfg.check()
     t_start = time.perf_counter()
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     if not split_dir.is_dir():
         raise WbcError(f"{split_dir}: split folder not found (run `python -m wbc split` first)")
-    classes = read_classes(split_dir)
-    try:
-        cfg.check(n_classes=len(classes))
-    except WbcError as exc:
-        raise WbcError(f"{split_dir / 'classes.txt'}: {exc}") from None
+    classes = read_classes(split_dir)  # two or more, or a WbcError naming classes.txt
     checks.check_split_folder(split_dir)  # no image in two splits, no empty label
     train_df, val_df = load_split(split_dir, "train"), load_split(split_dir, "val")
     with FolderLock(out_dir, "train"):  # one writer per run folder (re-entrant: the CLI holds it too)
@@ -215,12 +212,9 @@ def _train(split_dir: Path, out_dir: Path, cfg: TrainConfig, classes: list[str],
         config.update(elapsed_s=round(time.perf_counter() - t_start, 2), fit_seconds=round(fit_s, 2),
                       images_per_s=round(len(train_df) * epochs_run / fit_s, 2) if fit_s else None)
         config = runs.finish_run(out_dir, model, config, phase1_epochs=len(histories[0].epoch))
-        log.info("done: best val_accuracy %.4f at epoch %d (phase %d); %.1f s; %s",
-                 config["best_val_accuracy"], config["best_epoch"], config["best_phase"],
-                 config["elapsed_s"], out_dir)
-        if verbose:
-            print(f"run folder: {out_dir} (best val_accuracy {config['best_val_accuracy']:.4f} at epoch "
-                  f"{config['best_epoch']}, phase {config['best_phase']}; {config['images_per_s']} images/s)")
+        log.info("run folder: %s (best val_accuracy %.4f at epoch %d, phase %d; %.1f s, %s images/s)", out_dir,
+                 config["best_val_accuracy"], config["best_epoch"], config["best_phase"], config["elapsed_s"],
+                 config["images_per_s"])
         return out_dir
     finally:
         log.removeHandler(handler)
@@ -232,18 +226,12 @@ def run_config(cfg: TrainConfig, split_dir: Path, classes: list[str], weights, t
     """What ``config.json`` records besides the best epoch: settings, data, versions, device."""
     import keras
 
+    from wbc.preprocess import preprocess_settings
+
     return {"model": cfg.model, "classes": classes, "n_classes": len(classes), "image_size": cfg.image_size,
             "weights": None if weights is None else str(weights), "settings": cfg.as_dict(),
             # how the training images were made (resize mode, colour): predict repeats it
-            "preprocess": _preprocess_settings(str(train_df["path"].iloc[0])),
+            "preprocess": preprocess_settings(str(train_df["path"].iloc[0])),
             "split_dir": str(Path(split_dir).resolve()), "split_sha256": runs.split_digests(split_dir),
             "n_train": len(train_df), "n_val": len(val_df), "seed": cfg.seed, "device": device_summary(),
             "precision_policy": keras.mixed_precision.global_policy().name, "versions": library_versions()}
-
-
-def _preprocess_settings(image_path: str) -> dict | None:
-    from wbc.preprocess import preprocess_settings
-
-    return preprocess_settings(image_path)
-
-
