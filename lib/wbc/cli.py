@@ -13,15 +13,28 @@ import time
 from pathlib import Path
 
 from wbc import __version__
-from wbc.config import DEFAULT_FRACTIONS, data_dir_argument, show_logs
+from wbc.config import DATASETS, DEFAULT_FRACTIONS, data_dir_argument, show_logs
+from wbc.download import DOWNLOADERS
 from wbc.errors import WbcError
 from wbc.images import MAX_PIXELS, MIN_SIZE, PHASH_THRESHOLD
+from wbc.models import MODEL_NAMES
 
 TENSORFLOW_VERBS = {"train", "evaluate", "predict"}
-MODELS = ("resnet50", "cnn1", "cnn2", "small_resnet")
-DATASETS = ("pbc", "lmu", "all", "wbc10", "all4")
-DOWNLOADS = ("pbc", "all", "bloodmnist", "lmu")
 DEFAULT_CAP = 1300
+#: The ``train`` options: one per ``TrainConfig`` setting (defaults from there), with its help.
+TRAIN_HELP = {
+    "weights": "resnet50 backbone: imagenet (default for resnet50), none, or PATH to a .h5/.weights.h5 file; "
+               "other models: none or PATH",
+    "image_size": "square input size in pixels", "epochs": "epochs (phase 1 for resnet50)",
+    "batch_size": "images per batch", "lr": "Adam learning rate",
+    "fine_tune_epochs": "resnet50 phase 2: epochs with the top blocks unfrozen (BatchNorm frozen)",
+    "fine_tune_lr": "learning rate of phase 2", "patience": "EarlyStopping patience on val_accuracy",
+    "min_epochs": "never stop early before this epoch (BatchNorm models swing early on)",
+    "lr_schedule": "learning-rate schedule", "warmup_epochs": "linear warm-up before cosine decay",
+    "augment": "switch off augmentation (rotation, flips, zoom, brightness)",
+    "class_weights": "balanced class weights", "reduce_lr": "ReduceLROnPlateau on val_loss",
+    "cache": "cache decoded images in memory", "seed": "random seed",
+}
 
 
 # ----------------------------------------------------------------------------- data
@@ -192,12 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     checks.check_learning_rate(args.fine_tune_lr, "--fine-tune-lr")
     checks.check_split_folder(args.split_dir)
     with FolderLock(args.out, "train"):
-        cfg = train.TrainConfig(
-            model=args.model, weights=args.weights, image_size=args.image_size, epochs=args.epochs,
-            batch_size=args.batch_size, lr=args.lr, fine_tune_epochs=args.fine_tune_epochs,
-            fine_tune_lr=args.fine_tune_lr, patience=args.patience, min_epochs=args.min_epochs,
-            lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, augment=args.augment,
-            class_weights=args.class_weights, reduce_lr=args.reduce_lr, cache=args.cache, seed=args.seed)
+        cfg = train.TrainConfig(**{k: v for k, v in vars(args).items() if k in TRAIN_HELP or k == "model"})
         train.train_model(args.split_dir, args.out, cfg, overwrite=args.overwrite, verbose=0 if args.quiet else 1)
     return 0
 
@@ -306,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
              "publishes them, else folder names, per-class counts and image decoding). Re-running is safe: an "
              "interrupted download resumes, a complete dataset is reported and left alone. 'lmu' prints how to "
              "get the TCIA collection by hand and verifies DIR/AML-Cytomorphology_LMU.")
-    p.add_argument("dataset", choices=DOWNLOADS, help="which dataset")
+    p.add_argument("dataset", choices=list(DOWNLOADERS), help="which dataset")
     p.add_argument("--data-dir", default=None, help="data folder (default: $WBC_DATA_DIR)")
     p.add_argument("--url", default=None, help="download address overriding the registry's (pbc, bloodmnist)")
     p.add_argument("--size", type=int, choices=(28, 64, 128, 224), default=None,
@@ -363,28 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
              "epoch by val_accuracy, history.csv, config.json, train.log).",
              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--split-dir", required=True, help="folder written by `python -m wbc split`")
-    p.add_argument("--model", required=True, choices=MODELS, help="architecture")
+    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="architecture")
     p.add_argument("--out", required=True, help="run folder to create")
-    p.add_argument("--weights", default=None, help="resnet50 backbone: imagenet (default for resnet50), none, or "
-                   "PATH to a .h5/.weights.h5 file; other models: none or PATH")
-    p.add_argument("--image-size", type=int, default=128, help="square input size in pixels")
-    p.add_argument("--epochs", type=int, default=10, help="epochs (phase 1 for resnet50)")
-    p.add_argument("--fine-tune-epochs", type=int, default=0,
-                   help="resnet50 phase 2: epochs with the top blocks unfrozen (BatchNorm frozen)")
-    p.add_argument("--fine-tune-lr", type=float, default=1e-5, help="learning rate of phase 2")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--lr-schedule", choices=["cosine"], default=None, help="learning-rate schedule")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up before cosine decay")
-    p.add_argument("--patience", type=int, default=5, help="EarlyStopping patience on val_accuracy")
-    p.add_argument("--min-epochs", type=int, default=0,
-                   help="never stop early before this epoch (BatchNorm models swing early on)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="switch off augmentation (rotation, flips, zoom, brightness)")
-    p.add_argument("--class-weights", action="store_true", help="balanced class weights")
-    p.add_argument("--reduce-lr", action="store_true", help="ReduceLROnPlateau on val_loss")
-    p.add_argument("--cache", action="store_true", help="cache decoded images in memory")
+    from dataclasses import fields
+
+    from wbc.train import TrainConfig
+
+    for field in fields(TrainConfig):  # one option per setting, its default the TrainConfig's
+        if field.name in TRAIN_HELP:
+            flag, default = "--" + field.name.replace("_", "-"), field.default
+            if field.name == "augment":
+                p.add_argument("--no-augment", dest="augment", action="store_false", help=TRAIN_HELP["augment"])
+            elif isinstance(default, bool):
+                p.add_argument(flag, action="store_true", help=TRAIN_HELP[field.name])
+            else:
+                kind = {"weights": str, "lr_schedule": str}.get(field.name, type(default))
+                p.add_argument(flag, type=kind, default=default, help=TRAIN_HELP[field.name],
+                               choices=["cosine"] if field.name == "lr_schedule" else None)
     p.add_argument("--overwrite", action="store_true", help="replace a complete run at --out")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress bars")
 

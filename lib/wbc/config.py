@@ -28,6 +28,8 @@ ALL_DIRNAME = "ALL_Kaggle"
 #: Where each source lives under the data folder.
 SOURCE_DIRS = {"PBC": PBC_DIRNAME, "LMU": LMU_DIRNAME, "ALL": ALL_DIRNAME}
 SPLITS = ("train", "val", "test")
+#: The manifests a data folder gives: one per source (own labels), and the two studies' sets.
+DATASETS = ("pbc", "lmu", "all", "wbc10", "all4")
 #: Split fractions of the studies: Study A 80/12/8 (wbc10), Study B 70/15/15 (all4 and the rest).
 DEFAULT_FRACTIONS = {"wbc10": (0.8, 0.12, 0.08), "all4": (0.7, 0.15, 0.15)}
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from wbc import config
-from wbc.config import DEFAULT_FRACTIONS, SOURCE_DIRS, SPLITS  # noqa: F401 (notebook 06 reads DEFAULT_FRACTIONS)
+from wbc.config import DATASETS, DEFAULT_FRACTIONS, SOURCE_DIRS, SPLITS  # noqa: F401 (notebook 06 reads DEFAULT_FRACTIONS)
+from wbc.download import REGISTRY
 from wbc.errors import WbcError
 from wbc.fileio import file_digest, read_json, recipe_matches, write_csv_atomic, write_recipe, write_text_atomic
 
@@ -36,13 +37,9 @@ REPO_URL = "https://github.com/wbc-course/wbc-course"
 DEFAULT_SEED = 42
 DEMO_MARKER = ".wbc-demo-complete"  # written last by the demo generation: its absence means "redo"
 STAMP_NAME = "data-stamp.json"  # in work_dir: which demo data the stage outputs were built from
-DATASETS = ("pbc", "lmu", "all", "wbc10", "all4")
 NEEDS = {"pbc": ("PBC",), "lmu": ("LMU",), "all": ("ALL",), "wbc10": ("PBC", "LMU"), "all4": ("ALL",)}
-WHERE_TO_GET = {
-    "PBC": "PBC (Mendeley, doi 10.17632/snkd93bnjr.1): `python -m wbc download pbc`",
-    "LMU": "AML-Cytomorphology_LMU (TCIA, doi 10.7937/tcia.2019.36f5o9ld): `python -m wbc download lmu`",
-    "ALL": "ALL (Kaggle mehradaria/leukemia): `python -m wbc download all`",
-}
+WHERE_TO_GET = {src: f"{REGISTRY[src.lower()].target}/ (doi {REGISTRY[src.lower()].doi}): "
+                     f"`python -m wbc download {src.lower()}`" for src in SOURCE_DIRS}
 _CURRENT: "Context | None" = None
 
 

@@ -24,7 +24,9 @@ Everything is deterministic from ``seed``: the same seed gives byte-identical fi
 from __future__ import annotations
 
 import functools
+import json
 import struct
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,130 +40,15 @@ from wbc.errors import WbcError
 from wbc.fileio import write_bytes_atomic
 from wbc.labels import ALL_VERSIONS
 
-# ----------------------------------------------------------------------------- morphology table
-# One row per cell type. Sizes are in units of the red-cell radius of the dataset (so the same
-# row draws at PBC, LMU and ALL scale); ``nucleus_size`` is relative to the cell radius and
-# ``nucleus_offset`` is how far (relative to the cell radius) the nucleus sits off-centre.
-# Colours are RGB. ``granules`` = (coverage of the cytoplasm 0..1, RGB colour, radius in px at
-# PBC scale, drawn over the nucleus?). ``lobes`` = (min, max) for lobed nuclei.
-# ``chromatin`` = (texture strength, texture grain in px): coarse clumps for mature cells,
-# fine for blasts. ``nucleoli`` = (min, max) pale spots in the nucleus.
-CELL_TYPES: dict[str, dict] = {
-    "basophil": dict(size=(1.25, 1.4), nucleus="lobed", lobes=(2, 3), nucleus_size=0.62,
-                     nucleus_offset=0.05, nucleus_rgb=(95, 45, 125), chromatin=(0.15, 2.5),
-                     cytoplasm_rgb=(205, 175, 215), granules=(0.75, (60, 25, 95), 3.0, True)),
-    "eosinophil": dict(size=(1.4, 1.6), nucleus="lobed", lobes=(2, 2), nucleus_size=0.62,
-                       nucleus_offset=0.1, nucleus_rgb=(105, 50, 130), chromatin=(0.2, 2.5),
-                       cytoplasm_rgb=(236, 186, 170), granules=(0.8, (218, 112, 88), 2.6, False)),
-    "neutrophil_segmented": dict(size=(1.3, 1.45), nucleus="lobed", lobes=(3, 5), nucleus_size=0.66,
-                                 nucleus_offset=0.05, nucleus_rgb=(95, 40, 120), chromatin=(0.2, 2.5),
-                                 cytoplasm_rgb=(236, 208, 222), granules=(0.35, (200, 150, 195), 1.3, False)),
-    "neutrophil_band": dict(size=(1.3, 1.45), nucleus="band", nucleus_size=0.62, nucleus_offset=0.05,
-                            nucleus_rgb=(100, 45, 125), chromatin=(0.2, 2.5),
-                            cytoplasm_rgb=(236, 208, 222), granules=(0.35, (200, 150, 195), 1.3, False)),
-    "metamyelocyte": dict(size=(1.4, 1.6), nucleus="kidney", nucleus_size=0.6, nucleus_offset=0.12,
-                          nucleus_rgb=(110, 55, 140), chromatin=(0.18, 2.2),
-                          cytoplasm_rgb=(232, 200, 218), granules=(0.3, (195, 140, 190), 1.4, False)),
-    "myelocyte": dict(size=(1.5, 1.7), nucleus="round", nucleus_size=0.58, nucleus_offset=0.22,
-                      nucleus_rgb=(115, 60, 150), chromatin=(0.14, 2.0),
-                      cytoplasm_rgb=(222, 190, 220), granules=(0.35, (185, 115, 175), 1.6, False)),
-    "promyelocyte": dict(size=(1.75, 2.0), nucleus="round", nucleus_size=0.6, nucleus_offset=0.18,
-                         nucleus_rgb=(125, 70, 165), chromatin=(0.08, 1.4), nucleoli=(0, 2),
-                         cytoplasm_rgb=(185, 170, 220), granules=(0.4, (130, 40, 115), 2.4, True)),
-    "promyelocyte_bilobed": dict(size=(1.7, 1.95), nucleus="lobed", lobes=(2, 2), nucleus_size=0.66,
-                                 nucleus_offset=0.08, nucleus_rgb=(125, 70, 165), chromatin=(0.08, 1.4),
-                                 cytoplasm_rgb=(190, 170, 220), granules=(0.35, (130, 40, 115), 2.4, True)),
-    "myeloblast": dict(size=(1.45, 1.7), nucleus="round", nucleus_size=0.8, nucleus_offset=0.06,
-                       nucleus_rgb=(135, 80, 175), chromatin=(0.06, 1.0), nucleoli=(1, 3),
-                       cytoplasm_rgb=(120, 130, 205)),
-    "monoblast": dict(size=(1.8, 2.1), nucleus="round", nucleus_size=0.72, nucleus_offset=0.1,
-                      nucleus_rgb=(140, 90, 180), chromatin=(0.06, 1.0), nucleoli=(1, 2),
-                      cytoplasm_rgb=(150, 150, 200), irregularity=0.06),
-    "monocyte": dict(size=(1.65, 1.9), nucleus="folded", nucleus_size=0.62, nucleus_offset=0.12,
-                     nucleus_rgb=(130, 80, 160), chromatin=(0.1, 1.8),
-                     cytoplasm_rgb=(190, 180, 212), granules=(0.06, (170, 130, 180), 1.2, False),
-                     irregularity=0.07, vacuoles=(0, 4)),
-    "lymphocyte": dict(size=(0.95, 1.1), nucleus="round", nucleus_size=0.84, nucleus_offset=0.1,
-                       nucleus_rgb=(70, 35, 110), chromatin=(0.22, 2.8),
-                       cytoplasm_rgb=(165, 190, 232)),
-    "lymphocyte_atypical": dict(size=(1.4, 1.75), nucleus="round", nucleus_size=0.6, nucleus_offset=0.2,
-                                nucleus_rgb=(90, 45, 130), chromatin=(0.15, 2.2),
-                                cytoplasm_rgb=(110, 135, 210), irregularity=0.1),
-    "erythroblast": dict(size=(0.95, 1.1), nucleus="round", nucleus_size=0.55, nucleus_offset=0.1,
-                         nucleus_rgb=(45, 20, 70), chromatin=(0.25, 3.0),
-                         cytoplasm_rgb=(175, 160, 205)),
-    "smudge_cell": dict(size=(1.5, 2.2), nucleus="smudge", nucleus_size=1.0, nucleus_offset=0.0,
-                        nucleus_rgb=(175, 95, 190), chromatin=(0.2, 4.0), cytoplasm_rgb=None),
-    "platelet": dict(size=(0.22, 0.35), nucleus="none", bodies=(1, 4),
-                     cytoplasm_rgb=(175, 140, 200), granules=(0.5, (100, 45, 130), 1.6, False),
-                     irregularity=0.15),
-    # ALL (lymphoblastic leukaemia): haematogones and lymphoblasts of increasing size, paler and
-    # pinker nuclei, more cytoplasm and more nucleoli from Benign to Pro; the size ranges overlap
-    # a little, and stain jitter blurs the colours, so a model needs more than one cue.
-    "haematogone": dict(size=(1.3, 1.6), nucleus="round", nucleus_size=0.9, nucleus_offset=0.05,
-                        nucleus_rgb=(50, 25, 95), chromatin=(0.22, 1.6),
-                        cytoplasm_rgb=(150, 170, 225)),
-    "lymphoblast_early": dict(size=(1.75, 2.1), nucleus="round", nucleus_size=0.86, nucleus_offset=0.06,
-                              nucleus_rgb=(85, 85, 215), chromatin=(0.1, 1.0), nucleoli=(0, 1),
-                              cytoplasm_rgb=(130, 150, 220)),
-    "lymphoblast_pre": dict(size=(2.15, 2.55), nucleus="round", nucleus_size=0.74, nucleus_offset=0.12,
-                            nucleus_rgb=(140, 85, 185), chromatin=(0.08, 1.0), nucleoli=(1, 2),
-                            cytoplasm_rgb=(120, 165, 230), irregularity=0.05),
-    "lymphoblast_pro": dict(size=(2.55, 3.0), nucleus="round", nucleus_size=0.7, nucleus_offset=0.12,
-                            nucleus_rgb=(200, 115, 200), chromatin=(0.06, 1.0), nucleoli=(2, 4),
-                            cytoplasm_rgb=(225, 180, 225), irregularity=0.06),
-}
-
-# ----------------------------------------------------------------------------- what goes where
-# (dataset, folder, file-name prefix) -> the cell type drawn. A tuple draws one of several types
-# (the real "not further specified" prefixes hold a mix).
-SOURCES: dict[str, dict[str, dict[str, str | tuple[str, ...]]]] = {
-    "PBC": {
-        "basophil": {"BA": "basophil"},
-        "eosinophil": {"EO": "eosinophil"},
-        "erythroblast": {"ERB": "erythroblast"},
-        "ig": {"MMY": "metamyelocyte", "MY": "myelocyte", "PMY": "promyelocyte",
-               "IG": ("metamyelocyte", "myelocyte", "promyelocyte")},
-        "lymphocyte": {"LY": "lymphocyte"},
-        "monocyte": {"MO": "monocyte"},
-        "neutrophil": {"BNE": "neutrophil_band", "SNE": "neutrophil_segmented",
-                       "NEUTROPHIL": ("neutrophil_band", "neutrophil_segmented")},
-        "platelet": {"PLATELET": "platelet"},
-    },
-    "LMU": {  # mind the codes: MYO is a myeloblast, MYB a myelocyte
-        "BAS": {"BAS": "basophil"}, "EBO": {"EBO": "erythroblast"}, "EOS": {"EOS": "eosinophil"},
-        "KSC": {"KSC": "smudge_cell"}, "LYA": {"LYA": "lymphocyte_atypical"},
-        "LYT": {"LYT": "lymphocyte"}, "MMZ": {"MMZ": "metamyelocyte"}, "MOB": {"MOB": "monoblast"},
-        "MON": {"MON": "monocyte"}, "MYB": {"MYB": "myelocyte"}, "MYO": {"MYO": "myeloblast"},
-        "NGB": {"NGB": "neutrophil_band"}, "NGS": {"NGS": "neutrophil_segmented"},
-        "PMB": {"PMB": "promyelocyte_bilobed"}, "PMO": {"PMO": "promyelocyte"},
-    },
-    "ALL": {
-        "Benign": {"WBC-Benign": "haematogone"},
-        "Early": {"WBC-Malignant-Early": "lymphoblast_early"},
-        "Pre": {"WBC-Malignant-Pre": "lymphoblast_pre"},
-        "Pro": {"WBC-Malignant-Pro": "lymphoblast_pro"},
-    },
-}
-
+# The morphology table (cell types, what is drawn where, the look of each source) is data:
+# resources/demo_cells.json, whose "_notes" explain every field.
+_TABLE = json.loads((resources.files("wbc") / "resources" / "demo_cells.json").read_text(encoding="utf-8"))
+CELL_TYPES: dict[str, dict] = _TABLE["cell_types"]
+SOURCES: dict[str, dict[str, dict[str, str | list[str]]]] = _TABLE["sources"]
+STYLES: dict[str, dict] = _TABLE["styles"]
 # Images per class in the full releases (the download registry): file numbers are drawn from this range.
 RELEASE_COUNTS: dict[str, int] = {**LMU_COUNTS, **{k.split("/")[1]: n for k, n in ALL_COUNTS.items()}}
 
-# How each source looks: image size (width, height), red-cell radius in px, colours (RGB), and a
-# stain tint multiplied into the cell colours. LMU is more magnified and more lilac than PBC.
-STYLES: dict[str, dict] = {
-    "PBC": dict(size=(360, 363), rbc_radius=(33, 38), rbc_count=(14, 22), rbc_overlap=0.12,
-                background=(252, 232, 208), rbc=(238, 194, 168), pallor=(246, 214, 190),
-                tint=(1.0, 1.0, 1.0)),
-    "LMU": dict(size=(400, 400), rbc_radius=(50, 58), rbc_count=(6, 10), rbc_overlap=0.1,
-                background=(236, 222, 236), rbc=(222, 180, 204), pallor=(228, 196, 216),
-                tint=(1.06, 0.92, 1.08)),
-    "ALL": dict(size=(224, 224), rbc_radius=(16, 19), rbc_count=(20, 40), rbc_overlap=0.35,
-                background=(228, 234, 248), rbc=(172, 176, 210), pallor=(190, 194, 222),
-                tint=(1.05, 1.0, 1.05)),
-}
-
-DATASET_DIRS = SOURCE_DIRS
 JUNK_NAME = ".DS_169665.jpg"  # the real PBC release ships this macOS metadata file in neutrophil/
 _BANK = 512  # side of the noise bank, at least the largest image side
 QUIRKS = ("non_image", "duplicate_across_classes", "duplicate_pair", "black_band")
@@ -210,7 +97,7 @@ def generate_demo(out: str | Path, per_class: int = 12, seed: int = 0, *, quirks
 
         items = tqdm(plan, desc="demo images", unit="img")
     for item in items:
-        path = out / DATASET_DIRS[item.dataset] / item.folder / item.name
+        path = out / SOURCE_DIRS[item.dataset] / item.folder / item.name
         data = _render_item(item, seed, rendered)
         _write_if_changed(path, data)
         rows.append({"path": str(path), "dataset": item.dataset, "folder": item.folder,
@@ -300,8 +187,8 @@ def _numbers(rng: np.random.Generator, upper: int, count: int) -> list[int]:
 
 def _check_foreign_files(out: Path, plan: list[_Item]) -> None:
     """Refuse to write into dataset folders that hold files this generation would not write."""
-    planned = {out / DATASET_DIRS[it.dataset] / it.folder / it.name for it in plan}
-    for dirname in DATASET_DIRS.values():
+    planned = {out / SOURCE_DIRS[it.dataset] / it.folder / it.name for it in plan}
+    for dirname in SOURCE_DIRS.values():
         root = out / dirname
         if not root.is_dir():
             continue

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from wbc.errors import WbcError
+from wbc.images import read_image
 
 CHANNELS = ("red", "green", "blue")
 
@@ -62,13 +63,6 @@ def plot_class_distribution(manifest: pd.DataFrame, by: str = "source", label: s
     return fig
 
 
-def read_rgb(path: str) -> np.ndarray:
-    """An image as RGB ``uint8`` (through ``wbc.preprocess.read_image``: TIFF/RGBA/16-bit handled)."""
-    from wbc.preprocess import read_image
-
-    return read_image(path)
-
-
 def plot_preview_grid(manifest: pd.DataFrame, per_group: int = 3, by: str = "source",
                       label: str = "label", seed: int = 0, title: str = "Examples per class") -> Figure:
     """One row per class, ``per_group`` images of each ``by`` value side by side, captioned."""
@@ -87,7 +81,7 @@ def plot_preview_grid(manifest: pd.DataFrame, per_group: int = 3, by: str = "sou
             rows = sample[(sample[label] == cls) & (sample[by] == group)]
             for k, path in enumerate(rows["path"]):
                 ax = axes[r, g * per_group + k]
-                ax.imshow(read_rgb(path))
+                ax.imshow(read_image(path))
                 ax.set_title(f"{group}", fontsize=7)
         axes[r, 0].set_ylabel(cls, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(title)
@@ -104,15 +98,15 @@ def image_stats(manifest: pd.DataFrame, per_group: int | None = 40, by: str = "s
     import cv2
     from tqdm.auto import tqdm
 
+    from wbc.images import read_raw, to_bgr8
+
     rows = manifest if per_group is None else sample_groups(manifest, per_group, (label, by), seed)
     stats, failed = [], []
     for row in tqdm(rows.itertuples(index=False), total=len(rows), desc="measuring images"):
         record = row._asdict()
-        raw = cv2.imread(str(record["path"]), cv2.IMREAD_UNCHANGED)
         try:
-            if raw is None:
-                raise WbcError("OpenCV cannot decode it")
-            rgb = read_rgb(record["path"]).astype(np.float32)
+            raw = read_raw(record["path"])
+            rgb = cv2.cvtColor(to_bgr8(raw), cv2.COLOR_BGR2RGB).astype(np.float32)
         except WbcError as exc:
             failed.append({"path": record["path"], "reason": str(exc)})
             continue
@@ -152,7 +146,7 @@ def colour_histograms(manifest: pd.DataFrame, by: str = "source", per_group: int
     for group, part in sample.groupby(by):
         totals = np.zeros((3, bins))
         for path in part["path"]:
-            pixels = read_rgb(path).reshape(-1, 3)
+            pixels = read_image(path).reshape(-1, 3)
             totals += [np.histogram(pixels[:, c], bins=edges)[0] for c in range(3)]
         totals /= totals.sum(axis=1, keepdims=True)
         for c, channel in enumerate(CHANNELS):
