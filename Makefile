@@ -34,6 +34,7 @@ setup: $(STAMP)
 lib: setup
 	$(BIN)/python -m wbc.export
 
+# Every notebook through papermill (lib/wbc/run_notebooks.py), in order, stopping at the first failure.
 run: setup
 	WBC_PROFILE=$(PROFILE) $(BIN)/python -m wbc.run_notebooks --out outputs/notebooks-$(PROFILE)
 

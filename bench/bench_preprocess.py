@@ -12,7 +12,7 @@ Memory: peak resident memory of a fresh process preprocessing N and 4N images (t
 repeated through symbolic links in a temporary folder; the raw data is never touched).
 ``--scan`` runs the black-band detector over every image and prints the closest perceptual-hash
 distances between distinct files: the figures quoted in the docstrings of wbc.preprocess and
-wbc.split.
+wbc.images (and in bench/README.md).
 """
 from __future__ import annotations
 
@@ -154,8 +154,8 @@ def memory(files: list[Path], n: int, size: int) -> None:
 
 
 def scan(files: list[Path]) -> None:
-    from wbc.preprocess import detect_black_band, read_image
-    from wbc.split import perceptual_hash
+    from wbc.images import perceptual_hash, read_image
+    from wbc.preprocess import detect_black_band
     from wbc.fileio import file_digest
 
     flagged, loose, hashes, digests, moved = [], [], [], [], []
