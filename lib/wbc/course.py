@@ -33,7 +33,6 @@ from wbc.errors import WbcError
 from wbc.fileio import file_digest, read_json, recipe_matches, write_csv_atomic, write_recipe, write_text_atomic
 
 log = logging.getLogger(__name__)
-REPO_URL = "https://github.com/wbc-course/wbc-course"
 DEFAULT_SEED = 42
 DEMO_MARKER = ".wbc-demo-complete"  # written last by the demo generation: its absence means "redo"
 STAMP_NAME = "data-stamp.json"  # in work_dir: which demo data the stage outputs were built from
