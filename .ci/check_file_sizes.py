@@ -1,7 +1,8 @@
 """Refuse files over a size limit (default 1 MB): datasets and weights live outside the repository.
 
-    python .ci/check_file_sizes.py [--max-kb 1024] FILE ...
+python .ci/check_file_sizes.py [--max-kb 1024] FILE ...
 """
+
 from __future__ import annotations
 
 import argparse

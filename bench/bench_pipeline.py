@@ -12,6 +12,7 @@
 Images: the PBC folder of the real sample (``$WBC_REAL_SAMPLE`` or ``--images``), else a
 generated demo set. Prints figures; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,11 @@ def image_table(images: str | None) -> pd.DataFrame:
         demo = Path(tempfile.mkdtemp(prefix="wbc-bench-"))
         generate_demo(demo, per_class=40, seed=0, quirks=False)
         root = demo / PBC_DIRNAME
-    rows = [(str(p), p.parent.name) for p in sorted(root.glob("*/*"))
-            if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")]
+    rows = [
+        (str(p), p.parent.name)
+        for p in sorted(root.glob("*/*"))
+        if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+    ]
     return pd.DataFrame(rows, columns=["path", "label"])
 
 
@@ -135,9 +139,12 @@ def main() -> None:
         for factor in (1, 4):
             csv = Path(tmp) / f"x{factor}.csv"
             pd.concat([df] * factor).to_csv(csv, index=False)
-            out = subprocess.run([sys.executable, __file__, "--_memory_csv", str(csv),
-                                  "--memory-size", str(args.memory_size)],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--_memory_csv", str(csv), "--memory-size", str(args.memory_size)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             m = json.loads(out.strip().splitlines()[-1])
             print(f"| {m['images']} | {m['first']} | {m['highest']} | {m['peak']} |", flush=True)
 

@@ -14,6 +14,7 @@ repeated through symbolic links in a temporary folder; the raw data is never tou
 distances between distinct files: the figures quoted in the docstrings of wbc.preprocess and
 wbc.images (and in bench/README.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith(".") and p.is_file())
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def bare_one(args: tuple[str, str, int, int]) -> None:
@@ -67,9 +71,10 @@ def bare_loop(files: list[Path], out: Path, size: int, quality: int, jobs: int) 
         import multiprocessing
 
         chunk = max(1, min(32, len(items) // (jobs * 8)))
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("forkserver"),
-                                 initializer=one_thread) as pool:
-            list(pool.map(bare_chunk, [items[i:i + chunk] for i in range(0, len(items), chunk)]))
+        with ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("forkserver"), initializer=one_thread
+        ) as pool:
+            list(pool.map(bare_chunk, [items[i : i + chunk] for i in range(0, len(items), chunk)]))
     return time.perf_counter() - start
 
 
@@ -104,14 +109,19 @@ def throughput(files: list[Path], size: int, quality: int, repeat: int) -> None:
     for jobs in sorted({1, cores}):
         if jobs == 1:
             cv2.setNumThreads(1)
-        bare, ours = best_of_interleaved(repeat, [(bare_loop, files, size, quality, jobs),
-                                                  (pipeline_run, manifest, size, quality, jobs)])
+        bare, ours = best_of_interleaved(
+            repeat, [(bare_loop, files, size, quality, jobs), (pipeline_run, manifest, size, quality, jobs)]
+        )
         rows[jobs] = (n / bare, n / ours)
-        print(f"  jobs={jobs}: bare OpenCV {n / bare:7.1f} img/s   preprocess_manifest {n / ours:7.1f} img/s"
-              f"   ratio {bare / ours:.2f}")
+        print(
+            f"  jobs={jobs}: bare OpenCV {n / bare:7.1f} img/s   preprocess_manifest {n / ours:7.1f} img/s"
+            f"   ratio {bare / ours:.2f}"
+        )
     if cores > 1:
-        print(f"  speed-up {cores} cores vs 1: bare {rows[cores][0] / rows[1][0]:.2f}x, "
-              f"preprocess_manifest {rows[cores][1] / rows[1][1]:.2f}x")
+        print(
+            f"  speed-up {cores} cores vs 1: bare {rows[cores][0] / rows[1][0]:.2f}x, "
+            f"preprocess_manifest {rows[cores][1] / rows[1][1]:.2f}x"
+        )
 
 
 MEMORY_CHILD = """
@@ -142,11 +152,17 @@ def memory(files: list[Path], n: int, size: int) -> None:
                 paths.append(links / f"{i:06d}{src.suffix}")
                 paths[-1].symlink_to(src)
             csv = tmp / f"m{count}.csv"
-            pd.DataFrame({"path": [str(p) for p in paths], "source": "bench", "label": "cells"}).to_csv(csv, index=False)
+            pd.DataFrame({"path": [str(p) for p in paths], "source": "bench", "label": "cells"}).to_csv(
+                csv, index=False
+            )
             for jobs in sorted({1, cores}):
                 out = tmp / f"out{count}-{jobs}"
-                res = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(csv), str(out), str(size), str(jobs)],
-                                     capture_output=True, text=True, check=True)
+                res = subprocess.run(
+                    [sys.executable, "-c", MEMORY_CHILD, str(csv), str(out), str(size), str(jobs)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 mb = json.loads(res.stdout.strip().splitlines()[-1])
                 extra = f", workers {mb['workers_mb']:.0f} MB" if jobs > 1 else ""
                 print(f"  {count:6d} images, jobs={jobs}: main process {mb['self_mb']:.0f} MB{extra}")
@@ -154,15 +170,19 @@ def memory(files: list[Path], n: int, size: int) -> None:
 
 
 def scan(files: list[Path]) -> None:
+    from wbc.fileio import file_digest
     from wbc.images import perceptual_hash, read_image
     from wbc.preprocess import detect_black_band
-    from wbc.fileio import file_digest
 
     flagged, loose, hashes, digests, moved = [], [], [], [], []
     for f in files:
         img = read_image(f)
-        copy = cv2.imdecode(cv2.imencode(".jpg", cv2.resize(img, (128, 128), interpolation=cv2.INTER_AREA),
-                                         [cv2.IMWRITE_JPEG_QUALITY, 75])[1], cv2.IMREAD_COLOR)
+        copy = cv2.imdecode(
+            cv2.imencode(
+                ".jpg", cv2.resize(img, (128, 128), interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 75]
+            )[1],
+            cv2.IMREAD_COLOR,
+        )
         moved.append(bin(int(perceptual_hash(img), 16) ^ int(perceptual_hash(copy), 16)).count("1"))
         if detect_black_band(img) is not None:
             flagged.append(f)
@@ -178,18 +198,26 @@ def scan(files: list[Path]) -> None:
     same = np.array(digests)[:, None] == np.array(digests)[None, :]
     iu = np.triu_indices(len(files), 1)
     distinct = dist[iu][~same[iu]]
-    print(f"phash: {len(distinct)} pairs of distinct files; smallest distances {sorted(distinct.tolist())[:5]}; "
-          f"pairs <= 4 bits: {(distinct <= 4).sum()}; byte-identical pairs: {int(same[iu].sum())} "
-          f"(distances {sorted(set(dist[iu][same[iu]].tolist()))})")
-    print(f"phash of each image vs its 128-px JPEG (q75) copy: distance histogram "
-          f"{dict(sorted(pd.Series(moved).value_counts().items()))}")
+    print(
+        f"phash: {len(distinct)} pairs of distinct files; smallest distances {sorted(distinct.tolist())[:5]}; "
+        f"pairs <= 4 bits: {(distinct <= 4).sum()}; byte-identical pairs: {int(same[iu].sum())} "
+        f"(distances {sorted(set(dist[iu][same[iu]].tolist()))})"
+    )
+    print(
+        f"phash of each image vs its 128-px JPEG (q75) copy: distance histogram "
+        f"{dict(sorted(pd.Series(moved).value_counts().items()))}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = os.environ.get("WBC_REAL_SAMPLE")
-    parser.add_argument("--folder", type=Path, default=Path(default) if default else None,
-                        help="folder of images, searched recursively (default: $WBC_REAL_SAMPLE)")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=Path(default) if default else None,
+        help="folder of images, searched recursively (default: $WBC_REAL_SAMPLE)",
+    )
     parser.add_argument("--n", type=int, default=None, help="images for the throughput run (default: all)")
     parser.add_argument("--memory-n", type=int, default=500, help="N for the N / 4N memory run (default 500)")
     parser.add_argument("--size", type=int, default=400)
@@ -203,7 +231,7 @@ def main() -> None:
     if args.scan:
         scan(files)
         return
-    files = files[:args.n] if args.n else files
+    files = files[: args.n] if args.n else files
     print(f"python {sys.version.split()[0]}, OpenCV {cv2.__version__}, folder {args.folder}")
     throughput(files, args.size, args.quality, args.repeat)
     memory(files, args.memory_n, args.size)

@@ -13,6 +13,7 @@ warm-up (the first fit of a process pays one-off costs), and the two runs of eac
 latter is steadier when other work shares the machine). Overhead = 1 - train_model rate /
 bare rate (target: at most 5 %). Prints; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ def write_split(df: pd.DataFrame, folder: Path, n_train: int, n_val: int, seed: 
     ordered = shuffled.sort_values(["rank", "label"]).drop(columns="rank")
     folder.mkdir(parents=True, exist_ok=True)
     ordered.iloc[:n_train].to_csv(folder / "train.csv", index=False)
-    ordered.iloc[n_train:n_train + n_val].to_csv(folder / "val.csv", index=False)
+    ordered.iloc[n_train : n_train + n_val].to_csv(folder / "val.csv", index=False)
     classes = sorted(df["label"].unique())
     (folder / "classes.txt").write_text("\n".join(classes) + "\n")
     return folder
@@ -66,13 +67,13 @@ def bare_fit(split: Path, model_name: str, size: int, epochs: int, batch: int, s
     model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False)
 
 
-def project_fit(split: Path, out: Path, model_name: str, size: int, epochs: int, batch: int,
-                seed: int) -> None:
+def project_fit(split: Path, out: Path, model_name: str, size: int, epochs: int, batch: int, seed: int) -> None:
     """``train_model`` with the same settings (everything it writes included)."""
     from wbc.train import TrainConfig, train_model
 
-    cfg = TrainConfig(model=model_name, weights="none", image_size=size, epochs=epochs, batch_size=batch,
-                      seed=seed, patience=epochs)
+    cfg = TrainConfig(
+        model=model_name, weights="none", image_size=size, epochs=epochs, batch_size=batch, seed=seed, patience=epochs
+    )
     train_model(split, out, cfg, verbose=0, overwrite=True)
 
 
@@ -90,10 +91,13 @@ def main() -> None:
     df = image_table(args.images)
     with tempfile.TemporaryDirectory() as tmp:
         split = write_split(df, Path(tmp) / "split", args.train, args.val)
-        print(f"{args.model}, {args.train} train + {args.val} val images, {args.epochs} epochs, "
-              f"batch {args.batch_size}")
-        print("\n| size | bare fit images/s (wall / CPU) | train_model images/s (wall / CPU) "
-              "| overhead wall | overhead CPU |")
+        print(
+            f"{args.model}, {args.train} train + {args.val} val images, {args.epochs} epochs, batch {args.batch_size}"
+        )
+        print(
+            "\n| size | bare fit images/s (wall / CPU) | train_model images/s (wall / CPU) "
+            "| overhead wall | overhead CPU |"
+        )
         print("|---:|---:|---:|---:|---:|")
         for size in args.sizes:
             seen = args.train * args.epochs
@@ -107,8 +111,11 @@ def main() -> None:
                 else:
                     runs[who].append(timed(project_fit, split, out, *common))
             (bw, bc), (ow, oc) = (np.mean(runs["bare"], axis=0), np.mean(runs["ours"], axis=0))
-            print(f"| {size} | {seen / bw:.1f} / {seen / bc:.1f} | {seen / ow:.1f} / {seen / oc:.1f} "
-                  f"| {100 * (1 - bw / ow):+.1f} % | {100 * (1 - bc / oc):+.1f} % |", flush=True)
+            print(
+                f"| {size} | {seen / bw:.1f} / {seen / bc:.1f} | {seen / ow:.1f} / {seen / oc:.1f} "
+                f"| {100 * (1 - bw / ow):+.1f} % | {100 * (1 - bc / oc):+.1f} % |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

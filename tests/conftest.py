@@ -1,5 +1,6 @@
 """Shared fixtures: the library's messages shown, the real sample (skipped when unset) and a small
 generated demo dataset."""
+
 from __future__ import annotations
 
 import os

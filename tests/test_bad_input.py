@@ -3,6 +3,7 @@
 Expected everywhere: no crash, every bad file listed with a reason, raw files byte-identical
 afterwards, and after a resume every good file processed exactly once.
 """
+
 from __future__ import annotations
 
 import collections
@@ -45,8 +46,9 @@ def build_corpus(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
         "rgba.tiff": lambda p: cv2.imwrite(str(p), cv2.cvtColor(smear(40, 40), cv2.COLOR_BGR2BGRA)),
         "palette.png": lambda p: Image.fromarray(smear(30, 30)).convert("P").save(p),
         "sixteen_px.png": lambda p: cv2.imwrite(str(p), smear(16, 16)),  # the smallest size used
-        "huge.jpg": lambda p: cv2.imwrite(str(p), cv2.resize(smear(60, 60), (6000, 6000),
-                                                             interpolation=cv2.INTER_NEAREST)),
+        "huge.jpg": lambda p: cv2.imwrite(
+            str(p), cv2.resize(smear(60, 60), (6000, 6000), interpolation=cv2.INTER_NEAREST)
+        ),
     }
     jpeg = cv2.imencode(".jpg", smear(80, 80, seed=3))[1].tobytes()
     bad = {
@@ -56,8 +58,7 @@ def build_corpus(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
         ".DS_169665.jpg": (b"\x00\x00\x00\x01Bud1" + bytes(600), ".DS_Store"),
         "fake.png": (b"\x89PNG\r\n\x1a\n" + bytes(100), "corrupt or truncated PNG"),
         # below the minimum size (16 px): quarantined, not upscaled
-        "one_pixel.png": (cv2.imencode(".png", np.full((1, 1, 3), 200, np.uint8))[1].tobytes(),
-                          "too small: 1x1 px"),
+        "one_pixel.png": (cv2.imencode(".png", np.full((1, 1, 3), 200, np.uint8))[1].tobytes(), "too small: 1x1 px"),
     }
     rows, reasons = [], {}
     for name, make in good.items():
@@ -67,8 +68,9 @@ def build_corpus(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
         (root / name).write_bytes(content)
         rows.append(root / name)
         reasons[str(root / name)] = reason
-    manifest = pd.DataFrame({"path": [str(p) for p in rows], "source": "PBC", "source_label": "cells",
-                             "sub_label": "", "label": "cells"})
+    manifest = pd.DataFrame(
+        {"path": [str(p) for p in rows], "source": "PBC", "source_label": "cells", "sub_label": "", "label": "cells"}
+    )
     return manifest, reasons
 
 
@@ -175,8 +177,20 @@ def test_killed_subprocess_leaves_only_complete_outputs_and_resumes(tmp_path):
     csv = tmp_path / "manifest.csv"
     pd.DataFrame({"path": [str(p) for p in paths], "source": "PBC", "label": "cells"}).to_csv(csv, index=False)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "wbc", "preprocess", str(csv), "--out", str(out), "--size", "64",
-           "--jobs", "2", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wbc",
+        "preprocess",
+        str(csv),
+        "--out",
+        str(out),
+        "--size",
+        "64",
+        "--jobs",
+        "2",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while proc.poll() is None and not (out / "progress.jsonl").exists() and time.monotonic() < deadline:
@@ -201,8 +215,22 @@ def test_cli_reports_each_bad_file(corpus, tmp_path, capsys):
     root, manifest, reasons = corpus
     csv = tmp_path / "manifest.csv"
     manifest.to_csv(csv, index=False)
-    assert cli_main(["preprocess", str(csv), "--out", str(tmp_path / "out"), "--size", str(SIZE),
-                     "--jobs", "1", "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "preprocess",
+                str(csv),
+                "--out",
+                str(tmp_path / "out"),
+                "--size",
+                str(SIZE),
+                "--jobs",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"quarantined: {len(reasons)}" in printed
     for path in reasons:

@@ -4,6 +4,7 @@
 The stages run through ``wbc.cli.main`` in this process (TensorFlow is imported once); one
 subprocess test checks the real ``python -m wbc`` entry point, its help and its exit codes.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) ->
     assert manifest.is_file() and (work / "manifest_skipped.csv").is_file()
     n_listed = len(pd.read_csv(manifest))
 
-    assert wbc(["preprocess", str(manifest), "--out", str(processed), "--size", "64", "--jobs", "1",
-                "--no-progress"]) == 0
+    assert (
+        wbc(["preprocess", str(manifest), "--out", str(processed), "--size", "64", "--jobs", "1", "--no-progress"]) == 0
+    )
     kept = pd.read_csv(processed / "manifest.csv")
     quarantined = pd.read_csv(processed / "quarantine.csv")
     assert len(kept) + len(quarantined) == n_listed  # every image accounted for
@@ -41,8 +43,27 @@ def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) ->
         assert (split_dir / name).is_file()
     test_csv = pd.read_csv(split_dir / "test.csv")
 
-    assert wbc(["train", "--split-dir", str(split_dir), "--model", "cnn1", "--out", str(run),
-                "--image-size", str(IMAGE_SIZE), "--epochs", "2", "--batch-size", "16", "--quiet"]) == 0
+    assert (
+        wbc(
+            [
+                "train",
+                "--split-dir",
+                str(split_dir),
+                "--model",
+                "cnn1",
+                "--out",
+                str(run),
+                "--image-size",
+                str(IMAGE_SIZE),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for name in ("model.keras", "history.csv", "config.json"):
         assert (run / name).is_file()
     assert len(pd.read_csv(run / "history.csv")) >= 1
@@ -54,9 +75,19 @@ def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) ->
     printed = capsys.readouterr().out
     out = run / "evaluation" / "test"
     assert "accuracy" in printed and str(out) in printed
-    for name in ("metrics.json", "report.csv", "report.md", "confusion_counts.csv", "confusion_normalised.csv",
-                 "predictions.csv", "curves.png", "confusion.png", "confusion_normalised.png", "roc.png",
-                 "errors.png"):
+    for name in (
+        "metrics.json",
+        "report.csv",
+        "report.md",
+        "confusion_counts.csv",
+        "confusion_normalised.csv",
+        "predictions.csv",
+        "curves.png",
+        "confusion.png",
+        "confusion_normalised.png",
+        "roc.png",
+        "errors.png",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = pd.read_csv(out / "predictions.csv")
@@ -101,8 +132,10 @@ def test_chain_on_demo_data(demo_root, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.realsample
 def test_chain_on_real_sample(real_sample, tmp_path, capsys):
-    inputs = [real_sample / "AML-Cytomorphology_LMU" / "BAS",
-              next((real_sample / "PBC_dataset_normal_DIB" / "eosinophil").glob("EO_*.jpg"))]
+    inputs = [
+        real_sample / "AML-Cytomorphology_LMU" / "BAS",
+        next((real_sample / "PBC_dataset_normal_DIB" / "eosinophil").glob("EO_*.jpg")),
+    ]
     result = run_chain(real_sample, tmp_path, capsys, inputs)
     assert len(result["metrics"]["classes"]) == 10
 
@@ -111,8 +144,9 @@ def test_entry_point_help_and_errors(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "wbc", *args], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "wbc", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
 
     for verb in ("evaluate", "predict"):
         done = cli(verb, "--help")

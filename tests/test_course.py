@@ -1,4 +1,5 @@
 """wbc.course: setup_notebook and the ensure_* helpers that let every notebook run alone."""
+
 from __future__ import annotations
 
 import json
@@ -217,8 +218,9 @@ def test_ensure_run_trains_once_then_reuses_and_retrains_on_change(ctx, capsys):
     stamp = (first / "model.keras").stat().st_mtime_ns
     assert course.ensure_run(ctx, "all4_cnn1", cfg, split_dir) == first
     assert "reusing" in capsys.readouterr().out and (first / "model.keras").stat().st_mtime_ns == stamp
-    other = course.ensure_run(ctx, "all4_cnn1", course.baseline_config(ctx, "cnn1", epochs=1, image_size=32,
-                                                                       lr=2e-3), split_dir)
+    other = course.ensure_run(
+        ctx, "all4_cnn1", course.baseline_config(ctx, "cnn1", epochs=1, image_size=32, lr=2e-3), split_dir
+    )
     assert other != first and (first / "model.keras").stat().st_mtime_ns == stamp  # the first is kept
 
 
@@ -246,8 +248,7 @@ def test_main_run_config_follows_the_profile_and_resolves_weights(ctx, monkeypat
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no cached ImageNet file
     from wbc import models
 
-    monkeypatch.setattr(models, "fetch_imagenet_weights",
-                        lambda: (_ for _ in ()).throw(WbcError("offline")))
+    monkeypatch.setattr(models, "fetch_imagenet_weights", lambda: (_ for _ in ()).throw(WbcError("offline")))
     cfg = course.main_run_config(ctx, epochs=None, patience=3)
     assert (cfg.model, cfg.weights, cfg.epochs, cfg.patience) == ("resnet50", "none", ctx.profile.epochs, 3)
     assert cfg.fine_tune_epochs == ctx.profile.fine_tune_epochs and cfg.image_size == ctx.profile.image_size

@@ -1,4 +1,5 @@
 """The synthetic demo data: layouts and names like the real releases, formats, quirks, determinism."""
+
 from __future__ import annotations
 
 import re
@@ -21,14 +22,22 @@ ALL = "ALL_Kaggle"
 PER_CLASS = 6  # what the shared ``demo_root`` fixture generates
 
 PBC_PREFIXES = {
-    "basophil": {"BA"}, "eosinophil": {"EO"}, "erythroblast": {"ERB"},
-    "ig": {"MMY", "MY", "PMY", "IG"}, "lymphocyte": {"LY"}, "monocyte": {"MO"},
-    "neutrophil": {"BNE", "SNE", "NEUTROPHIL"}, "platelet": {"PLATELET"},
+    "basophil": {"BA"},
+    "eosinophil": {"EO"},
+    "erythroblast": {"ERB"},
+    "ig": {"MMY", "MY", "PMY", "IG"},
+    "lymphocyte": {"LY"},
+    "monocyte": {"MO"},
+    "neutrophil": {"BNE", "SNE", "NEUTROPHIL"},
+    "platelet": {"PLATELET"},
 }
-LMU_CODES = {"BAS", "EBO", "EOS", "KSC", "LYA", "LYT", "MMZ", "MOB", "MON", "MYB", "MYO",
-             "NGB", "NGS", "PMB", "PMO"}
-ALL_STEMS = {"Benign": "WBC-Benign", "Early": "WBC-Malignant-Early", "Pre": "WBC-Malignant-Pre",
-             "Pro": "WBC-Malignant-Pro"}
+LMU_CODES = {"BAS", "EBO", "EOS", "KSC", "LYA", "LYT", "MMZ", "MOB", "MON", "MYB", "MYO", "NGB", "NGS", "PMB", "PMO"}
+ALL_STEMS = {
+    "Benign": "WBC-Benign",
+    "Early": "WBC-Malignant-Early",
+    "Pre": "WBC-Malignant-Pre",
+    "Pro": "WBC-Malignant-Pro",
+}
 JUNK = ".DS_169665.jpg"
 
 
@@ -168,9 +177,17 @@ def test_returned_frame_lists_every_file(tmp_path):
 
 def test_same_cell_type_for_merged_classes():
     """A PBC prefix and the LMU code merged with it into a wbc10 class draw the same cell."""
-    pairs = {("neutrophil", "SNE"): "NGS", ("neutrophil", "BNE"): "NGB", ("ig", "MY"): "MYB",
-             ("ig", "PMY"): "PMO", ("ig", "MMY"): "MMZ", ("basophil", "BA"): "BAS",
-             ("eosinophil", "EO"): "EOS", ("lymphocyte", "LY"): "LYT", ("monocyte", "MO"): "MON"}
+    pairs = {
+        ("neutrophil", "SNE"): "NGS",
+        ("neutrophil", "BNE"): "NGB",
+        ("ig", "MY"): "MYB",
+        ("ig", "PMY"): "PMO",
+        ("ig", "MMY"): "MMZ",
+        ("basophil", "BA"): "BAS",
+        ("eosinophil", "EO"): "EOS",
+        ("lymphocyte", "LY"): "LYT",
+        ("monocyte", "MO"): "MON",
+    }
     for (folder, pre), code in pairs.items():
         assert SOURCES["PBC"][folder][pre] == SOURCES["LMU"][code][code], code
     assert SOURCES["LMU"]["MYO"]["MYO"] == "myeloblast"
@@ -272,6 +289,7 @@ def test_draw_cell_image_rejects_unknown_type():
 
 def test_cell_types_look_different():
     """The centre of a lymphocyte is darker than a neutrophil's, an eosinophil's is redder."""
+
     def centre(cell: str, seed: int) -> np.ndarray:
         image = draw_cell_image(cell, "PBC", seed).astype(float)
         return image[150:213, 150:210].reshape(-1, 3).mean(axis=0)  # BGR

@@ -1,4 +1,5 @@
 """Downloads without the internet: files served by a local HTTP server on 127.0.0.1."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,16 @@ import pytest
 
 from wbc import download
 from wbc.cli import main as cli_main
-from wbc.download import (LMU_COUNTS, PBC_COUNTS, REGISTRY, ChecksumError, download_dataset,
-                          fetch_url, npz_shapes, verify_lmu)
+from wbc.download import (
+    LMU_COUNTS,
+    PBC_COUNTS,
+    REGISTRY,
+    ChecksumError,
+    download_dataset,
+    fetch_url,
+    npz_shapes,
+    verify_lmu,
+)
 from wbc.errors import DownloadError, LayoutError, WbcError
 
 PAYLOAD = random.Random(0).randbytes(300_000)
@@ -74,8 +83,7 @@ def server(monkeypatch):
     state = SimpleNamespace(files={}, honour_range=True, cut_after=None, requests=[])
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     state.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
     yield state
@@ -92,9 +100,14 @@ def _md5(data: bytes) -> str:
 
 def test_good_download_verifies(server, tmp_path):
     server.files["/f.bin"] = PAYLOAD
-    dest = fetch_url(server.url("/f.bin"), tmp_path / "f.bin", expected_md5=_md5(PAYLOAD),
-                     expected_sha256=hashlib.sha256(PAYLOAD).hexdigest(), chunk=4096,
-                     progress=False)
+    dest = fetch_url(
+        server.url("/f.bin"),
+        tmp_path / "f.bin",
+        expected_md5=_md5(PAYLOAD),
+        expected_sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+        chunk=4096,
+        progress=False,
+    )
     assert dest.read_bytes() == PAYLOAD
     assert not (tmp_path / "f.bin.part").exists()
     # an existing verified file is kept without a new request
@@ -118,8 +131,7 @@ def test_interrupted_download_resumes_byte_identical(server, tmp_path):
     server.cut_after = 100_000
     dest = tmp_path / "f.bin"
     with pytest.raises(DownloadError, match="run the same command again to resume"):
-        fetch_url(server.url("/f.bin"), dest, expected_md5=_md5(PAYLOAD), chunk=4096,
-                  progress=False)
+        fetch_url(server.url("/f.bin"), dest, expected_md5=_md5(PAYLOAD), chunk=4096, progress=False)
     part = tmp_path / "f.bin.part"
     assert not dest.exists() and 0 < part.stat().st_size < len(PAYLOAD)
     have = part.stat().st_size
@@ -131,8 +143,7 @@ def test_interrupted_download_resumes_byte_identical(server, tmp_path):
 def test_existing_part_file_is_resumed(server, tmp_path):
     server.files["/f.bin"] = PAYLOAD
     (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:12345])
-    dest = fetch_url(server.url("/f.bin"), tmp_path / "f.bin", expected_md5=_md5(PAYLOAD),
-                     progress=False)
+    dest = fetch_url(server.url("/f.bin"), tmp_path / "f.bin", expected_md5=_md5(PAYLOAD), progress=False)
     assert dest.read_bytes() == PAYLOAD
     assert server.requests == [("/f.bin", "bytes=12345-")]
 
@@ -141,8 +152,7 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     server.files["/f.bin"] = PAYLOAD
     server.honour_range = False
     (tmp_path / "f.bin.part").write_bytes(b"stale bytes of another attempt")
-    dest = fetch_url(server.url("/f.bin"), tmp_path / "f.bin", expected_md5=_md5(PAYLOAD),
-                     progress=False)
+    dest = fetch_url(server.url("/f.bin"), tmp_path / "f.bin", expected_md5=_md5(PAYLOAD), progress=False)
     assert dest.read_bytes() == PAYLOAD
 
 
@@ -166,12 +176,17 @@ def test_http_error_is_clear(server, tmp_path):
 
 # ------------------------------------------------------------------ PBC archive
 
+
 def _jpeg(value: int = 128) -> bytes:
     return cv2.imencode(".jpg", np.full((8, 8, 3), value, np.uint8))[1].tobytes()
 
 
-def _pbc_zip(per_class: int = 2, prefix: str = "PBC_dataset_normal_DIB/", drop: str | None = None,
-             extra: dict[str, bytes] | None = None) -> bytes:
+def _pbc_zip(
+    per_class: int = 2,
+    prefix: str = "PBC_dataset_normal_DIB/",
+    drop: str | None = None,
+    extra: dict[str, bytes] | None = None,
+) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for folder in PBC_COUNTS:
@@ -269,6 +284,7 @@ def test_real_sample_pbc_is_reported_and_left_alone(real_sample):
 
 # ------------------------------------------------------------------ Kaggle ALL
 
+
 def _kaggle_cache(root: Path, per_class: int = 2) -> Path:
     """A folder shaped like kagglehub's download (lower-case 'segmented' on purpose)."""
     for version in ("Original", "segmented"):
@@ -285,8 +301,7 @@ def test_kaggle_all_is_linked_into_place(tmp_path, monkeypatch):
 
     cache = _kaggle_cache(tmp_path / "cache")
     calls = []
-    monkeypatch.setattr(kagglehub, "dataset_download",
-                        lambda handle, **kw: calls.append(handle) or str(cache))
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, **kw: calls.append(handle) or str(cache))
     counts = {k: 2 for k in REGISTRY["all"].counts}
     monkeypatch.setitem(REGISTRY, "all", replace(REGISTRY["all"], counts=counts))
     data = tmp_path / "data"
@@ -316,6 +331,7 @@ def test_kaggle_failure_explains_credentials_and_manual_route(tmp_path, monkeypa
 
 # ------------------------------------------------------------------ BloodMNIST
 
+
 def _fake_npz(size: int = 28) -> bytes:
     buf = io.BytesIO()
     arrays = {}
@@ -332,8 +348,7 @@ def test_bloodmnist_md5_and_shapes(server, tmp_path, monkeypatch):
     info = replace(REGISTRY["bloodmnist"], md5={64: _md5(npz)})
     monkeypatch.setitem(REGISTRY, "bloodmnist", info)
     monkeypatch.setattr(download, "BLOODMNIST_SPLITS", {"train": 5, "val": 2, "test": 3})
-    result = download_dataset("bloodmnist", tmp_path, size=64,
-                              url=server.url("/bloodmnist_64.npz"), progress=False)
+    result = download_dataset("bloodmnist", tmp_path, size=64, url=server.url("/bloodmnist_64.npz"), progress=False)
     assert result.path == tmp_path / "bloodmnist_64.npz" and result.report.complete
     assert npz_shapes(result.path)["val_images"] == (2, 64, 64, 3)
     again = download_dataset("bloodmnist", tmp_path, size=64, progress=False)
@@ -355,6 +370,7 @@ def test_bloodmnist_registry_has_published_md5s():
 
 
 # ------------------------------------------------------------------ LMU
+
 
 def _tiff(path: Path, channels: int = 4) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,8 +403,7 @@ def test_verify_lmu_samples_by_default(tmp_path):
 
 
 def test_verify_lmu_points_at_nested_class_folders(tmp_path):
-    _lmu_folder(tmp_path / "AML-Cytomorphology_LMU" / "PKG - AML-Cytomorphology"
-                / "AML-Cytomorphology")
+    _lmu_folder(tmp_path / "AML-Cytomorphology_LMU" / "PKG - AML-Cytomorphology" / "AML-Cytomorphology")
     with pytest.raises(LayoutError, match="AML-Cytomorphology, not directly"):
         verify_lmu(tmp_path / "AML-Cytomorphology_LMU")
 
@@ -402,6 +417,7 @@ def test_verify_lmu_on_real_sample(real_sample):
 
 
 # ------------------------------------------------------------------ dispatch and CLI
+
 
 def test_dispatch_rejects_unknown_dataset_and_options(tmp_path):
     with pytest.raises(WbcError, match="unknown dataset"):

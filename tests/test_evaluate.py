@@ -1,4 +1,5 @@
 """Evaluation of a run folder, prediction on new images, and the figures, on a tiny hand-made run."""
+
 from __future__ import annotations
 
 import json
@@ -50,13 +51,18 @@ def run_dir(tmp_path_factory):
     run = root / "run"
     run.mkdir()
     model.save(run / "model.keras")
-    config = {"model": "tiny", "classes": CLASSES, "image_size": SIZE, "split_dir": str(split_dir),
-              "phase1_epochs": 2}
+    config = {"model": "tiny", "classes": CLASSES, "image_size": SIZE, "split_dir": str(split_dir), "phase1_epochs": 2}
     (run / "config.json").write_text(json.dumps(config))
     # history.csv as Keras' CSVLogger writes it: epochs counted from 0, no phase column
-    pd.DataFrame({"epoch": [0, 1, 2, 3], "accuracy": [0.4, 0.5, 0.6, 0.7], "loss": [1.2, 1.0, 0.8, 0.7],
-                  "val_accuracy": [0.4, 0.45, 0.5, 0.55], "val_loss": [1.1, 1.0, 0.9, 0.9]}
-                 ).to_csv(run / "history.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": [0, 1, 2, 3],
+            "accuracy": [0.4, 0.5, 0.6, 0.7],
+            "loss": [1.2, 1.0, 0.8, 0.7],
+            "val_accuracy": [0.4, 0.45, 0.5, 0.55],
+            "val_loss": [1.1, 1.0, 0.9, 0.9],
+        }
+    ).to_csv(run / "history.csv", index=False)
     return run
 
 
@@ -67,9 +73,19 @@ def evaluated(run_dir):
     return evaluate_run(run_dir, n_boot=200)
 
 
-EXPECTED_FILES = {"metrics.json", "report.csv", "report.md", "confusion_counts.csv", "confusion_normalised.csv",
-                  "predictions.csv", "curves.png", "confusion.png", "confusion_normalised.png", "roc.png",
-                  "errors.png"}
+EXPECTED_FILES = {
+    "metrics.json",
+    "report.csv",
+    "report.md",
+    "confusion_counts.csv",
+    "confusion_normalised.csv",
+    "predictions.csv",
+    "curves.png",
+    "confusion.png",
+    "confusion_normalised.png",
+    "roc.png",
+    "errors.png",
+}
 
 
 def test_evaluate_run_writes_every_file(run_dir, evaluated):
@@ -145,8 +161,9 @@ def test_predict_images_uses_the_training_pixels_and_ranks_top_k(run_dir):
     # OpenCV reading here, tf.data in predict_split: the model must see the same pixels.
     reference = predict_split(run_dir, split="test").set_index("path")
     mine = table.set_index("path").loc[reference.index]
-    np.testing.assert_allclose(mine[[f"p_{c}" for c in CLASSES]], reference[[f"p_{c}" for c in CLASSES]],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        mine[[f"p_{c}" for c in CLASSES]], reference[[f"p_{c}" for c in CLASSES]], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_predict_images_reads_tiff_and_reports_bad_files(run_dir, tmp_path):
@@ -186,6 +203,7 @@ def test_gradcam_overlays_are_written_at_the_original_size(run_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- figures
 
+
 def _texts(fig) -> str:
     parts = [fig._suptitle.get_text() if fig._suptitle else ""]
     for ax in fig.axes:
@@ -204,8 +222,15 @@ def test_figures_have_titles_labels_and_class_names(tmp_path):
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 10)
     probs = rng.dirichlet([1, 1, 1], size=30)
-    history = pd.DataFrame({"phase": [1, 1, 2], "loss": [1, 0.8, 0.6], "val_loss": [1.1, 0.9, 0.8],
-                            "accuracy": [0.5, 0.6, 0.7], "val_accuracy": [0.4, 0.5, 0.6]})
+    history = pd.DataFrame(
+        {
+            "phase": [1, 1, 2],
+            "loss": [1, 0.8, 0.6],
+            "val_loss": [1.1, 0.9, 0.8],
+            "accuracy": [0.5, 0.6, 0.7],
+            "val_accuracy": [0.4, 0.5, 0.6],
+        }
+    )
     fig = plot_history(history, path=tmp_path / "curves.png")
     text = _texts(fig)
     assert "loss" in text and "accuracy" in text and "validation" in text and "epoch" in text
@@ -243,7 +268,13 @@ def test_read_model_input_gives_raw_images_the_training_preprocessing(tmp_path):
     cv2.imwrite(str(tmp_path / "manual.png"), cv2.cvtColor(manual, cv2.COLOR_RGB2BGR))
     assert np.array_equal(padded, read_model_input(tmp_path / "manual.png", 16))
     # an image a preprocess run wrote already carries the settings: not applied twice
-    processed, _ = preprocess_manifest(pd.DataFrame({"path": [str(raw)], "label": ["x"]}),
-                                       tmp_path / "out", size=48, mode="pad", jobs=1, progress=False)
+    processed, _ = preprocess_manifest(
+        pd.DataFrame({"path": [str(raw)], "label": ["x"]}),
+        tmp_path / "out",
+        size=48,
+        mode="pad",
+        jobs=1,
+        progress=False,
+    )
     out = processed["path"].iloc[0]
     assert np.array_equal(read_model_input(out, 16, settings), read_model_input(out, 16))

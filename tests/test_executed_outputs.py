@@ -6,6 +6,7 @@ warning, a traceback, a ``WARNING:tensorflow`` line, a retracing message, progre
 or more than ``MAX_LOG_LINES`` lines of plain log in one cell. Without executed notebooks (a
 plain ``pytest tests``) the scan is skipped; the checker itself is always tested.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,13 @@ def problems(nb: dict) -> list[str]:
         for what, pattern in PATTERNS.items():
             match = pattern.search(text)
             if match:
-                line = text[max(0, match.start() - 40):match.end() + 60].replace("\n", " | ")
+                line = text[max(0, match.start() - 40) : match.end() + 60].replace("\n", " | ")
                 found.append(f"code cell {index}: {what}: ...{line}...")
-        streamed = sum(len("".join(o.get("text", "")).splitlines()) for o in cell.get("outputs", [])
-                       if o.get("output_type") == "stream")
+        streamed = sum(
+            len("".join(o.get("text", "")).splitlines())
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "stream"
+        )
         if streamed > MAX_LOG_LINES:
             found.append(f"code cell {index}: {streamed} lines of log (at most {MAX_LOG_LINES})")
     return found
@@ -87,5 +91,12 @@ def test_the_scan_finds_each_kind_of_noise():
 
 
 def test_clean_output_passes():
-    assert problems(_notebook(_stream("accuracy 0.91 (95 % CI 0.85-0.96)\n" * 5),
-                              {"output_type": "display_data", "data": {"image/png": "..."}})) == []
+    assert (
+        problems(
+            _notebook(
+                _stream("accuracy 0.91 (95 % CI 0.85-0.96)\n" * 5),
+                {"output_type": "display_data", "data": {"image/png": "..."}},
+            )
+        )
+        == []
+    )

@@ -1,4 +1,5 @@
 """wbc.experiments: the published numbers beside ours, the one-factor design, external-validation splits."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from wbc import experiments
 from wbc.config import get_profile
 from wbc.errors import WbcError
 
-
 # ----------------------------------------------------------------------------- test data
+
 
 def write_images(folder: Path, n: int, seed: int, size: int = 32) -> list[str]:
     """``n`` distinct random colour images (so no two are duplicates of each other)."""
@@ -31,11 +32,19 @@ def write_images(folder: Path, n: int, seed: int, size: int = 32) -> list[str]:
 
 
 def fake_ctx(tmp_path: Path, profile: str = "ci") -> SimpleNamespace:
-    return SimpleNamespace(profile=get_profile(profile), work_dir=tmp_path / "work", seed=7, is_demo=True,
-                           data_dir=tmp_path / "data", datasets=("ALL",), dataset="all4")
+    return SimpleNamespace(
+        profile=get_profile(profile),
+        work_dir=tmp_path / "work",
+        seed=7,
+        is_demo=True,
+        data_dir=tmp_path / "data",
+        datasets=("ALL",),
+        dataset="all4",
+    )
 
 
 # ----------------------------------------------------------------------------- study design
+
 
 def test_one_factor_at_a_time_changes_exactly_one_knob():
     base = {"lr": 1e-3, "depth": 3, "activation": "relu"}
@@ -64,11 +73,15 @@ def test_study_settings_follow_the_profile():
 
 # ----------------------------------------------------------------------------- comparison with the studies
 
+
 def test_comparison_table_keeps_published_and_measured_apart(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"model": "resnet50", "weights": "none", "image_size": 64,
-                                                 "epochs_run": 2, "settings": {"epochs": 5}}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {"model": "resnet50", "weights": "none", "image_size": 64, "epochs_run": 2, "settings": {"epochs": 5}}
+        )
+    )
     metrics = {"accuracy": 0.5, "macro_f1": 0.4, "n_images": 20, "ci95": {"accuracy": [0.3, 0.7]}}
     row = experiments.measured_result(fake_ctx(tmp_path), run, metrics, task="all4")
     assert row["model"] == "ResNet50, random init"  # a run without ImageNet weights says so
@@ -92,11 +105,18 @@ def test_generalisation_gap():
 
 # ----------------------------------------------------------------------------- external validation
 
+
 def two_source_manifest(root: Path) -> pd.DataFrame:
     rows = []
-    layout = {("PBC", "basophil"): 10, ("PBC", "eosinophil"): 10, ("PBC", "monocyte"): 10,
-              ("LMU", "basophil"): 3, ("LMU", "eosinophil"): 3, ("LMU", "myeloblast"): 3,
-              ("LMU", "monocyte"): 1}
+    layout = {
+        ("PBC", "basophil"): 10,
+        ("PBC", "eosinophil"): 10,
+        ("PBC", "monocyte"): 10,
+        ("LMU", "basophil"): 3,
+        ("LMU", "eosinophil"): 3,
+        ("LMU", "myeloblast"): 3,
+        ("LMU", "monocyte"): 1,
+    }
     for i, ((source, label), n) in enumerate(layout.items()):
         for path in write_images(root / source / label, n, seed=i):
             rows.append({"path": path, "source": source, "source_label": label, "sub_label": "", "label": label})
@@ -145,6 +165,7 @@ def test_build_external_split_needs_two_shared_classes(tmp_path):
 
 
 # ----------------------------------------------------------------------------- labels
+
 
 def test_model_label_is_readable():
     assert experiments.model_label({"model": "resnet50", "weights": "none"}) == "ResNet50, random init"

@@ -2,6 +2,7 @@
 map peaks on the blob. ``gradcam_heatmap`` (notebook 13, generated into ``wbc.lessons``) takes one
 raw image (H x W x 3) and picks the last 4-D layer of every project model; ``overlay_heatmap``
 blends its result over the picture."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ def blob_images(n: int, seed: int):
     y = rng.integers(0, 2, size=n)
     corners = rng.integers(2, SIZE - BLOB - 2, size=(n, 2))
     for image, label, (r, c) in zip(x, y, corners):
-        image[r:r + BLOB, c:c + BLOB] = COLOURS[int(label)]
+        image[r : r + BLOB, c : c + BLOB] = COLOURS[int(label)]
     return x, y, corners
 
 
@@ -84,8 +85,9 @@ def test_heatmap_for_a_chosen_class_and_layer(blob_model):
     x, _, _ = blob_images(1, seed=3)
     image = x[0].astype("uint8")  # uint8 pixels, as load_raw_images gives them, work too
     # no layer named: the last 4-D layer, here "last_conv" (after it, pooling leaves a vector)
-    np.testing.assert_allclose(gradcam_heatmap(blob_model, image),
-                               gradcam_heatmap(blob_model, image, layer_name="last_conv"))
+    np.testing.assert_allclose(
+        gradcam_heatmap(blob_model, image), gradcam_heatmap(blob_model, image, layer_name="last_conv")
+    )
     maps = [gradcam_heatmap(blob_model, image, class_index=i, layer_name="first_conv") for i in (0, 1)]
     for heat in maps:
         assert heat.shape == (SIZE, SIZE) and 0 <= heat.min() and heat.max() <= 1
@@ -123,8 +125,11 @@ def test_last_4d_layer_of_every_project_model():
     from wbc import lessons
 
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype("uint8")
-    expected = {"cnn1": ("build_cnn1", "pool2"), "cnn2": ("build_cnn2", "pool3"),
-                "small_resnet": ("build_small_resnet", "stage4_block1_out")}
+    expected = {
+        "cnn1": ("build_cnn1", "pool2"),
+        "cnn2": ("build_cnn2", "pool3"),
+        "small_resnet": ("build_small_resnet", "stage4_block1_out"),
+    }
     for name, (builder, layer) in expected.items():
         model = getattr(lessons, builder)(4, 64)
         heat = lessons.gradcam_heatmap(model, image)

@@ -1,4 +1,5 @@
 """lib/wbc/lessons.py is generated from the notebooks' #@save cells: one source, no drift."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_lessons_module_matches_the_notebooks():
-    assert export.TARGET.read_text(encoding="utf-8") == export.render(), \
+    assert export.TARGET.read_text(encoding="utf-8") == export.render(), (
         "lib/wbc/lessons.py differs from the #@save cells of notebooks/: run `make lib`"
+    )
 
 
 def test_an_edit_to_a_saved_cell_is_caught(tmp_path):
@@ -40,8 +42,12 @@ def test_check_mode_fails_when_out_of_date(tmp_path, monkeypatch, capsys):
 
 def test_saved_cells_are_listed_with_their_notebook():
     cells = export.saved_cells()
-    defined = {name for _, _, code in cells for name in ("make_dataset", "build_cnn1", "build_resnet50_transfer",
-                                                          "fit_two_phase", "gradcam_heatmap") if f"def {name}(" in code}
+    defined = {
+        name
+        for _, _, code in cells
+        for name in ("make_dataset", "build_cnn1", "build_resnet50_transfer", "fit_two_phase", "gradcam_heatmap")
+        if f"def {name}(" in code
+    }
     assert defined == {"make_dataset", "build_cnn1", "build_resnet50_transfer", "fit_two_phase", "gradcam_heatmap"}
     assert [c[0][:2] for c in cells] == sorted(c[0][:2] for c in cells)  # course order
 
@@ -75,8 +81,9 @@ def test_code_fingerprint_follows_edits_in_called_functions():
     from wbc.runtime import lessons
 
     base = runs.code_fingerprint(lessons().fit_two_phase)
-    source = export.render().replace('monitor="val_accuracy", mode="max", patience=patience',
-                                     'monitor="val_loss", mode="min", patience=patience')
+    source = export.render().replace(
+        'monitor="val_accuracy", mode="max", patience=patience', 'monitor="val_loss", mode="min", patience=patience'
+    )
     edited = _run_like_ipython(source, "<ipython-input-2>")
     # fit_two_phase itself is unchanged, but the callbacks it calls are not: the fingerprint follows callees
     assert runs.code_fingerprint(edited["fit_two_phase"]) != base

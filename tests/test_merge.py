@@ -1,4 +1,5 @@
 """The ten-class map (against GUIDE section 3), the wbc10 merge with its cap, Table I, all4."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -47,12 +48,15 @@ def test_label_map_file_matches_guide_section_3():
         assert row.sub_label == "" or row.sub_label in PBC_PREFIXES[row.source_label]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("class,source,source_label,sub_label,note\nbasofil,LMU,BAS,,\n", "unknown class"),
-    ("class,source,source_label,sub_label,note\nbasophil,TCIA,BAS,,\n", "unknown source"),
-    ("class,source,source_label,sub_label,note\nbasophil,LMU,BAS,,\neosinophil,LMU,BAS,,\n", "more than once"),
-    ("class,source,source_label\nbasophil,LMU,BAS\n", "lacks column"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("class,source,source_label,sub_label,note\nbasofil,LMU,BAS,,\n", "unknown class"),
+        ("class,source,source_label,sub_label,note\nbasophil,TCIA,BAS,,\n", "unknown source"),
+        ("class,source,source_label,sub_label,note\nbasophil,LMU,BAS,,\neosinophil,LMU,BAS,,\n", "more than once"),
+        ("class,source,source_label\nbasophil,LMU,BAS\n", "lacks column"),
+    ],
+)
 def test_load_label_map_rejects_bad_files(tmp_path, content, message):
     path = tmp_path / "map.csv"
     path.write_text(content)
@@ -66,16 +70,34 @@ def fake_manifest(source: str, counts: dict[tuple[str, str], int]) -> pd.DataFra
     rows = []
     for (folder, sub), n in counts.items():
         for i in range(n):
-            rows.append({"path": f"/raw/{source}/{folder}/{sub or folder}_{i:04d}.img", "source": source,
-                         "source_label": folder, "sub_label": sub, "label": folder})
+            rows.append(
+                {
+                    "path": f"/raw/{source}/{folder}/{sub or folder}_{i:04d}.img",
+                    "source": source,
+                    "source_label": folder,
+                    "sub_label": sub,
+                    "label": folder,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-PBC = fake_manifest("PBC", {("basophil", "BA"): 30, ("eosinophil", "EO"): 80, ("erythroblast", "ERB"): 5,
-                            ("ig", "MY"): 12, ("ig", "IG"): 3, ("neutrophil", "SNE"): 40,
-                            ("neutrophil", "NEUTROPHIL"): 2})
-LMU = fake_manifest("LMU", {("BAS", ""): 4, ("EOS", ""): 60, ("MYO", ""): 70, ("MYB", ""): 3, ("LYA", ""): 2,
-                            ("PMB", ""): 2, ("NGS", ""): 90})
+PBC = fake_manifest(
+    "PBC",
+    {
+        ("basophil", "BA"): 30,
+        ("eosinophil", "EO"): 80,
+        ("erythroblast", "ERB"): 5,
+        ("ig", "MY"): 12,
+        ("ig", "IG"): 3,
+        ("neutrophil", "SNE"): 40,
+        ("neutrophil", "NEUTROPHIL"): 2,
+    },
+)
+LMU = fake_manifest(
+    "LMU",
+    {("BAS", ""): 4, ("EOS", ""): 60, ("MYO", ""): 70, ("MYB", ""): 3, ("LYA", ""): 2, ("PMB", ""): 2, ("NGS", ""): 90},
+)
 
 
 def test_map_to_wbc10_uses_prefixes_and_codes():
@@ -88,10 +110,17 @@ def test_map_to_wbc10_uses_prefixes_and_codes():
         assert by[unmapped] == ""
 
 
-@pytest.mark.parametrize("counts, cap", [
-    ({"PBC": 100, "LMU": 10}, 50), ({"PBC": 100, "LMU": 100}, 51), ({"PBC": 3, "LMU": 4}, 50),
-    ({"LMU": 70}, 50), ({"PBC": 30, "LMU": 30}, 50), ({"PBC": 1, "LMU": 1000}, 2),
-])
+@pytest.mark.parametrize(
+    "counts, cap",
+    [
+        ({"PBC": 100, "LMU": 10}, 50),
+        ({"PBC": 100, "LMU": 100}, 51),
+        ({"PBC": 3, "LMU": 4}, 50),
+        ({"LMU": 70}, 50),
+        ({"PBC": 30, "LMU": 30}, 50),
+        ({"PBC": 1, "LMU": 1000}, 2),
+    ],
+)
 def test_share_cap_fills_cap_and_keeps_both_sources(counts, cap):
     quota = share_cap(counts, cap)
     assert sum(quota.values()) == min(cap, sum(counts.values()))
@@ -146,7 +175,11 @@ def test_table_one_counts_per_source_with_total_row():
     assert list(body["class"]) == [c for c in WBC10_CLASSES if c in set(manifest["label"])]
     for row in body.itertuples(index=False):
         sub = manifest[manifest["label"] == row[0]]
-        assert (row.PBC, row.LMU, row.total) == ((sub["source"] == "PBC").sum(), (sub["source"] == "LMU").sum(), len(sub))
+        assert (row.PBC, row.LMU, row.total) == (
+            (sub["source"] == "PBC").sum(),
+            (sub["source"] == "LMU").sum(),
+            len(sub),
+        )
         assert row.study_a == STUDY_A_TABLE_ONE[row[0]]
     total = table[table["class"] == "total"].iloc[0]
     assert total["total"] == len(manifest) and total["PBC"] + total["LMU"] == len(manifest)
@@ -154,8 +187,16 @@ def test_table_one_counts_per_source_with_total_row():
 
 
 def test_build_all4_from_manifest():
-    rows = pd.DataFrame({"path": [f"/a/{v}/{c}/{i}.jpg" for v in ("Original", "Segmented")
-                                  for c in ("Benign", "Early", "Pre", "Pro") for i in range(2)]})
+    rows = pd.DataFrame(
+        {
+            "path": [
+                f"/a/{v}/{c}/{i}.jpg"
+                for v in ("Original", "Segmented")
+                for c in ("Benign", "Early", "Pre", "Pro")
+                for i in range(2)
+            ]
+        }
+    )
     parts = rows["path"].str.split("/")
     rows = rows.assign(source="ALL", source_label=parts.str[3], sub_label="", label=parts.str[3], version=parts.str[2])
     seg, skipped = build_all4(rows, version="Segmented")

@@ -1,4 +1,5 @@
 """Metrics from probabilities agree with scikit-learn; specificity and intervals checked by hand."""
+
 from __future__ import annotations
 
 import warnings
@@ -103,8 +104,10 @@ def test_loss_is_clipped_for_confident_mistakes():
 
 @pytest.mark.parametrize("metric", ["accuracy", "macro_f1"])
 def test_bootstrap_interval_contains_estimate_and_narrows(metric):
-    point = {"accuracy": lambda y, p: skm.accuracy_score(y, p.argmax(1)),
-             "macro_f1": lambda y, p: skm.f1_score(y, p.argmax(1), average="macro")}[metric]
+    point = {
+        "accuracy": lambda y, p: skm.accuracy_score(y, p.argmax(1)),
+        "macro_f1": lambda y, p: skm.f1_score(y, p.argmax(1), average="macro"),
+    }[metric]
     widths = []
     for n in (80, 2000):
         y, p = noisy_predictions(n, seed=3)
@@ -114,7 +117,9 @@ def test_bootstrap_interval_contains_estimate_and_narrows(metric):
         widths.append(high - low)
     assert widths[1] < widths[0] / 2  # the width shrinks like 1/sqrt(n): 5x narrower expected
     y, p = noisy_predictions(80, seed=3)
-    assert bootstrap_ci(y, p, metric=metric, n_boot=200, seed=7) == bootstrap_ci(y, p, metric=metric, n_boot=200, seed=7)
+    assert bootstrap_ci(y, p, metric=metric, n_boot=200, seed=7) == bootstrap_ci(
+        y, p, metric=metric, n_boot=200, seed=7
+    )
 
 
 def test_bootstrap_matches_a_plain_loop():
@@ -126,12 +131,15 @@ def test_bootstrap_matches_a_plain_loop():
     assert (low, high) == pytest.approx(tuple(np.quantile(loop, [0.025, 0.975])))
 
 
-@pytest.mark.parametrize("y, probs, match", [
-    ([0, 1], np.ones((3, 2)) / 2, "match"),
-    ([0, 2], np.ones((2, 2)) / 2, "out of range"),
-    ([0.0, 1.0], np.ones((2, 2)) / 2, "integer"),
-    ([0, 1], np.full((2, 2), np.nan), "NaN"),
-])
+@pytest.mark.parametrize(
+    "y, probs, match",
+    [
+        ([0, 1], np.ones((3, 2)) / 2, "match"),
+        ([0, 2], np.ones((2, 2)) / 2, "out of range"),
+        ([0.0, 1.0], np.ones((2, 2)) / 2, "integer"),
+        ([0, 1], np.full((2, 2), np.nan), "NaN"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(y, probs, match):
     with pytest.raises(WbcError, match=match):
         compute_metrics(y, probs, ["a", "b"])

@@ -1,4 +1,5 @@
 """Models: builders by name (wbc.lessons), raw pixels in, parameter counts, weights files, unfreezing, errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,9 @@ from wbc.errors import WbcError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from the legacy .h5 writer
 
-RESNET50_NOTOP = 23_587_712  # keras.applications.ResNet50(include_top=False): 23,534,592 trainable + 53,120 BN statistics
+RESNET50_NOTOP = (
+    23_587_712  # keras.applications.ResNet50(include_top=False): 23,534,592 trainable + 53,120 BN statistics
+)
 
 
 def _count(weights) -> int:
@@ -37,8 +40,12 @@ def resnet_from_files(tmp_path_factory):
 
 
 def _backbone_weights_equal(base, model) -> bool:
-    pairs = [(w, v) for layer in base.layers if layer.weights
-             for w, v in zip(layer.get_weights(), model.get_layer(layer.name).get_weights())]
+    pairs = [
+        (w, v)
+        for layer in base.layers
+        if layer.weights
+        for w, v in zip(layer.get_weights(), model.get_layer(layer.name).get_weights())
+    ]
     return len(pairs) == 318 and all(np.array_equal(w, v) for w, v in pairs)
 
 
@@ -60,7 +67,13 @@ def test_resnet50_transfer_is_flat_with_frozen_base_and_study_head(resnet_from_f
     base, model, _, _ = resnet_from_files
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # flat: no nested model
     assert model.get_layer("conv5_block3_out").output.shape == (None, 1, 1, 2048)
-    assert [layer.name for layer in model.layers[-5:]] == ["avg_pool", "head_bn", "head_dense", "head_dropout", "predictions"]
+    assert [layer.name for layer in model.layers[-5:]] == [
+        "avg_pool",
+        "head_bn",
+        "head_dense",
+        "head_dropout",
+        "predictions",
+    ]
     assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
     # head: BN(2048) = 4 x 2048 = 8,192 (half of it trainable); Dense(2048->256) = 524,544; Dense(256->4) = 1,028
     assert model.count_params() == RESNET50_NOTOP + 8_192 + 524_544 + 1_028 == 24_121_476
@@ -121,13 +134,22 @@ def test_unfreeze_top_keeps_backbone_batchnorm_frozen():
     model = build_model("resnet50", 4, 32, weights="none")
     before = _count(model.trainable_weights)
     unfrozen = unfreeze_top(model)  # default: stage 5 (conv5_block1 .. conv5_block3)
-    stage5 = [layer for layer in model.layers if layer.name.startswith("conv5_") and isinstance(layer, keras.layers.Conv2D)]
-    assert len(stage5) == 10 and set(unfrozen) == {layer.name for layer in stage5} | {"head_bn", "head_dense", "predictions"}
+    stage5 = [
+        layer for layer in model.layers if layer.name.startswith("conv5_") and isinstance(layer, keras.layers.Conv2D)
+    ]
+    assert len(stage5) == 10 and set(unfrozen) == {layer.name for layer in stage5} | {
+        "head_bn",
+        "head_dense",
+        "predictions",
+    }
     # block1: 0_conv 1024x2048+2048, 1_conv 1024x512+512, 2_conv 3x3x512x512+512, 3_conv 512x2048+2048 = 6,034,432;
     # blocks 2 and 3: 2048x512+512 + 2,359,808 + 1,050,624 = 4,459,520 each
     assert _count(model.trainable_weights) - before == sum(layer.count_params() for layer in stage5) == 14_953_472
-    backbone_bn = [layer for layer in model.layers
-                   if isinstance(layer, keras.layers.BatchNormalization) and layer.name != "head_bn"]
+    backbone_bn = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.name != "head_bn"
+    ]
     assert len(backbone_bn) == 53 and not any(layer.trainable for layer in backbone_bn)
     assert model.get_layer("head_bn").trainable  # the head's BatchNorm keeps training in phase 2
     assert model.get_layer("conv5_block1_0_conv").trainable  # the shortcut convolution of block 1 too
@@ -147,8 +169,10 @@ def test_imagenet_download_failure_names_url_cache_and_alternatives(monkeypatch,
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     monkeypatch.setattr(keras.utils, "get_file", offline)
-    for call in (lambda: models.build_model("resnet50", 4, 32, weights="imagenet"),
-                 lambda: models.weights_file("imagenet")):
+    for call in (
+        lambda: models.build_model("resnet50", 4, 32, weights="imagenet"),
+        lambda: models.weights_file("imagenet"),
+    ):
         with pytest.raises(WbcError) as info:  # never a silent fall-back to random weights
             call()
         message = str(info.value)
@@ -175,17 +199,20 @@ def test_weights_path_errors(tmp_path):
         build_model("resnet50", 4, 32, weights=junk)
 
 
-@pytest.mark.parametrize("name, expected", [
-    # conv1 5x5x3x6+6 = 456; conv2 3x3x6x16+16 = 880; flatten 14x14x16 = 3,136;
-    # fc1 3,136x120+120 = 376,440; fc2 120x84+84 = 10,164; out 84x4+4 = 340
-    ("cnn1", 456 + 880 + 376_440 + 10_164 + 340),
-    # conv 456 + 660 + 3,488; flatten 7x7x32 = 1,568; fc1 1,568x120+120 = 188,280; fc2 10,164; out 340
-    ("cnn2", 456 + 660 + 3_488 + 188_280 + 10_164 + 340),
-    # stem 864 + BN 128; stage1 2x9,216 + 2 BN 128; stage2 18,432 + 36,864 + proj 2,048 + 3 BN 256;
-    # stage3 73,728 + 147,456 + 8,192 + 3 BN 512; stage4 294,912 + 589,824 + 32,768 + 3 BN 1,024;
-    # Dense(256->4) 1,028
-    ("small_resnet", 992 + 18_688 + 58_112 + 230_912 + 920_576 + 1_028),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        # conv1 5x5x3x6+6 = 456; conv2 3x3x6x16+16 = 880; flatten 14x14x16 = 3,136;
+        # fc1 3,136x120+120 = 376,440; fc2 120x84+84 = 10,164; out 84x4+4 = 340
+        ("cnn1", 456 + 880 + 376_440 + 10_164 + 340),
+        # conv 456 + 660 + 3,488; flatten 7x7x32 = 1,568; fc1 1,568x120+120 = 188,280; fc2 10,164; out 340
+        ("cnn2", 456 + 660 + 3_488 + 188_280 + 10_164 + 340),
+        # stem 864 + BN 128; stage1 2x9,216 + 2 BN 128; stage2 18,432 + 36,864 + proj 2,048 + 3 BN 256;
+        # stage3 73,728 + 147,456 + 8,192 + 3 BN 512; stage4 294,912 + 589,824 + 32,768 + 3 BN 1,024;
+        # Dense(256->4) 1,028
+        ("small_resnet", 992 + 18_688 + 58_112 + 230_912 + 920_576 + 1_028),
+    ],
+)
 def test_parameter_counts(name, expected):
     from wbc.models import build_model
 

@@ -1,4 +1,5 @@
 """The notebook contract (GUIDE section 5): checked on the stored .ipynb files, without running them."""
+
 from __future__ import annotations
 
 import ast
@@ -10,10 +11,18 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED = [
-    "01_setup_and_gpu_check", "02_get_the_data", "03_merge_into_ten_classes",
-    "04_exploratory_analysis", "05_opencv_preprocessing", "06_split_and_leakage_audit",
-    "07_input_pipeline_and_augmentation", "08_baseline_cnns", "09_resnet50_transfer_model",
-    "10_training_on_gpu", "11_evaluation", "12_hyperparameter_study",
+    "01_setup_and_gpu_check",
+    "02_get_the_data",
+    "03_merge_into_ten_classes",
+    "04_exploratory_analysis",
+    "05_opencv_preprocessing",
+    "06_split_and_leakage_audit",
+    "07_input_pipeline_and_augmentation",
+    "08_baseline_cnns",
+    "09_resnet50_transfer_model",
+    "10_training_on_gpu",
+    "11_evaluation",
+    "12_hyperparameter_study",
     "13_explainability_and_external_validation",
 ]
 INSTALL_URL = "git+https://github.com/wbc-course/wbc-course"
@@ -95,10 +104,23 @@ def test_summary_exercises_and_hidden_solutions(path):
 LESSON_CODE = {
     "07": ["tf.data.Dataset", "keras.layers", ".prefetch(", ".cache(", ".batch("],
     "08": ["keras.layers", ".summary()", ".compile(", ".fit(", "keras.callbacks"],
-    "09": ["keras.applications.ResNet50(", "include_top=False", "trainable = False", "keras.layers",
-           "preprocess_input"],
-    "10": [".compile(", ".fit(", "set_global_policy", "strategy.scope()", "EarlyStopping", "ModelCheckpoint",
-           "CSVLogger", "ReduceLROnPlateau"],
+    "09": [
+        "keras.applications.ResNet50(",
+        "include_top=False",
+        "trainable = False",
+        "keras.layers",
+        "preprocess_input",
+    ],
+    "10": [
+        ".compile(",
+        ".fit(",
+        "set_global_policy",
+        "strategy.scope()",
+        "EarlyStopping",
+        "ModelCheckpoint",
+        "CSVLogger",
+        "ReduceLROnPlateau",
+    ],
     "11": [".predict(", "classification_report", "confusion_matrix", "roc_auc_score", "RocCurveDisplay"],
     "12": [".compile(", ".fit(", "for "],
     "13": ["GradientTape", ".gradient("],
@@ -128,9 +150,14 @@ def unused_parameters(nb: dict) -> list[str]:
     """Names set in the ``parameters`` cell that no later code cell uses."""
     cells = code_cells(nb)
     tagged = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
-    names = [t.id for node in ast.parse(_python(source(cells[tagged]))).body if isinstance(node, ast.Assign)
-             for t in node.targets if isinstance(t, ast.Name)]
-    later = "\n".join(_python(source(c)) for c in cells[tagged + 1:])
+    names = [
+        t.id
+        for node in ast.parse(_python(source(cells[tagged]))).body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    ]
+    later = "\n".join(_python(source(c)) for c in cells[tagged + 1 :])
     used = {n.id for n in ast.walk(ast.parse(later)) if isinstance(n, ast.Name)}
     return [n for n in names if n not in used]
 
@@ -151,8 +178,13 @@ def test_the_contract_checks_catch_what_they_look_for():
     from nbformat.v4 import new_code_cell, new_notebook
 
     params = new_code_cell("PROFILE = None\nEPOCHS = 3\nSEED = 42", metadata={"tags": ["parameters"]})
-    nb = new_notebook(cells=[params, new_code_cell("model.fit(x, epochs=EPOCHS)\nprint(PROFILE)"),
-                             new_code_cell("run_dir = train_model(split, out, cfg)")])
+    nb = new_notebook(
+        cells=[
+            params,
+            new_code_cell("model.fit(x, epochs=EPOCHS)\nprint(PROFILE)"),
+            new_code_cell("run_dir = train_model(split, out, cfg)"),
+        ]
+    )
     assert unused_parameters(nb) == ["SEED"]
     assert missing_lesson_code("10_x", nb) == [s for s in LESSON_CODE["10"] if s != ".fit("]
     assert hiding_calls("10_x", nb) == ["train_model("]
@@ -167,7 +199,9 @@ def _python(code: str) -> str:
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_no_output_checks_against_stored_outputs(path):
     for cell in code_cells(load(path)):
-        assert "NBVAL_CHECK_OUTPUT" not in source(cell), f"{path.name}: outputs are not stored, nothing to check against"
+        assert "NBVAL_CHECK_OUTPUT" not in source(cell), (
+            f"{path.name}: outputs are not stored, nothing to check against"
+        )
 
 
 def test_run_notebooks_selects_by_number_or_name(tmp_path):
@@ -209,13 +243,24 @@ def test_run_notebooks_stores_the_final_text_of_progress_bars():
     def model(name, **state):
         return {"model_name": name, "model_module": "@jupyter-widgets/controls", "state": state}
 
-    state = {"box": model("HBoxModel", children=["IPY_MODEL_left", "IPY_MODEL_bar", "IPY_MODEL_right"]),
-             "left": model("HTMLModel", value="demo\u2007images:\u2007100%"),
-             "bar": model("FloatProgressModel", value=8.0, max=8.0),
-             "right": model("HTMLModel", value="\u20078/8\u2007[00:01&lt;00:00]")}
-    cell = new_code_cell("run()", outputs=[new_output("display_data", data={
-        WIDGET_VIEW: {"model_id": "box", "version_major": 2, "version_minor": 0},
-        "text/plain": "demo images:   0%|          | 0/8 [00:00<?, ?img/s]"})])
+    state = {
+        "box": model("HBoxModel", children=["IPY_MODEL_left", "IPY_MODEL_bar", "IPY_MODEL_right"]),
+        "left": model("HTMLModel", value="demo\u2007images:\u2007100%"),
+        "bar": model("FloatProgressModel", value=8.0, max=8.0),
+        "right": model("HTMLModel", value="\u20078/8\u2007[00:01&lt;00:00]"),
+    }
+    cell = new_code_cell(
+        "run()",
+        outputs=[
+            new_output(
+                "display_data",
+                data={
+                    WIDGET_VIEW: {"model_id": "box", "version_major": 2, "version_minor": 0},
+                    "text/plain": "demo images:   0%|          | 0/8 [00:00<?, ?img/s]",
+                },
+            )
+        ],
+    )
     nb = new_notebook(cells=[cell], metadata={"widgets": {WIDGET_STATE: {"state": state}}})
     assert finalise_progress_bars(nb) == 1
     assert cell.outputs[0]["data"]["text/plain"] == "demo images: 100%|##########| 8/8 [00:01<00:00]"

@@ -1,5 +1,6 @@
 """tf.data input pipeline (notebook 07's make_dataset, the checked pipeline.split_dataset):
 shapes, dtypes, raw pixel range, label order, augmentation, cache, errors; models scale pixels."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,9 @@ CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (0, 0, 230), "green": (0, 200, 0), "blue": (230, 0, 0)}  # BGR for cv2
 
 
-def write_toy_split(root: Path, per_class: int = 8, size: int = 48, seed: int = 0,
-                    classes: list[str] = CLASSES) -> Path:
+def write_toy_split(
+    root: Path, per_class: int = 8, size: int = 48, seed: int = 0, classes: list[str] = CLASSES
+) -> Path:
     """A split folder (train/val/test CSV + classes.txt) of small JPEGs: one coloured disc per
     image on a noisy grey background, its colour deciding the class."""
     import cv2
@@ -162,8 +164,10 @@ def test_augmentation_layers_switches_and_settings(toy_split):
     from wbc.pipeline import label_indices, load_split
 
     L = lessons()
-    assert [type(layer).__name__ for layer in L.augmentation_layers(rotation=0, brightness=0).layers] == \
-        ["RandomFlip", "RandomZoom"]
+    assert [type(layer).__name__ for layer in L.augmentation_layers(rotation=0, brightness=0).layers] == [
+        "RandomFlip",
+        "RandomZoom",
+    ]
     flip, rot, zoom, bright = L.augmentation_layers().layers  # names get suffixes: check the types
     assert isinstance(rot, keras.layers.RandomRotation) and isinstance(bright, keras.layers.RandomBrightness)
     assert rot.factor == pytest.approx((-20 / 360, 20 / 360))

@@ -1,4 +1,5 @@
 """OpenCV preprocessing: reading every input kind, resizing, black bands, colour, the stage."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,15 @@ import pytest
 from wbc.cli import main as cli_main
 from wbc.errors import WbcError
 from wbc.fileio import file_digest
-from wbc.preprocess import (ADDED_COLUMNS, describe_black_band, detect_black_band, normalise_colour,
-                            preprocess_manifest, read_image, resize_image)
+from wbc.preprocess import (
+    ADDED_COLUMNS,
+    describe_black_band,
+    detect_black_band,
+    normalise_colour,
+    preprocess_manifest,
+    read_image,
+    resize_image,
+)
 
 BACKGROUND = (232, 205, 214)  # RGB: the pale pink of a stained smear
 NUCLEUS = (95, 45, 130)  # RGB: dark purple
@@ -45,6 +53,7 @@ def save(path: Path, rgb: np.ndarray, params: list[int] | None = None) -> Path:
 
 # ----------------------------------------------------------------------------- read_image
 
+
 def test_read_jpeg_returns_rgb_in_the_right_channel_order(tmp_path):
     img = np.zeros((20, 30, 3), np.uint8)
     img[:] = (200, 30, 10)  # red-ish in RGB
@@ -73,7 +82,7 @@ def test_read_16bit_tiff_scales_instead_of_truncating(tmp_path):
 def test_read_grayscale_and_palette_png_give_three_equal_channels(tmp_path):
     from PIL import Image
 
-    gray = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 3)
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
     out = read_image(save(tmp_path / "gray.png", gray))
     assert out.shape == (8, 8, 3)
     assert (out[..., 0] == gray).all() and (out[..., 1] == gray).all() and (out[..., 2] == gray).all()
@@ -85,11 +94,14 @@ def test_read_grayscale_and_palette_png_give_three_equal_channels(tmp_path):
     assert (pal == expected).all()
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "empty file"),
-    (b"\x00\x00\x00\x01Bud1" + b"\x00" * 200, ".DS_Store"),
-    (bytes(range(256)) * 4, "not an image"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty file"),
+        (b"\x00\x00\x00\x01Bud1" + b"\x00" * 200, ".DS_Store"),
+        (bytes(range(256)) * 4, "not an image"),
+    ],
+)
 def test_unreadable_files_raise_with_path_and_reason(tmp_path, content, reason):
     path = tmp_path / "bad.jpg"
     path.write_bytes(content)
@@ -119,6 +131,7 @@ def test_missing_file_names_the_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- resize
+
 
 def test_resize_modes_give_the_requested_size():
     img = smear(90, 150)
@@ -156,6 +169,7 @@ def test_bad_resize_mode_is_a_user_error():
 
 
 # ----------------------------------------------------------------------------- black bands
+
 
 def with_band(img: np.ndarray, edge: str, width: int) -> np.ndarray:
     out = img.copy()
@@ -222,6 +236,7 @@ def test_no_real_sample_image_is_flagged(real_sample):
 
 # ----------------------------------------------------------------------------- colour
 
+
 def test_colour_normalisation_is_off_by_default_and_grey_world_balances_channels():
     img = smear()
     assert normalise_colour(img) is img
@@ -242,6 +257,7 @@ def test_clahe_raises_contrast_of_a_flat_image():
 
 
 # ----------------------------------------------------------------------------- the stage
+
 
 def make_manifest(root: Path, n: int = 6, labels=("alpha", "beta")) -> pd.DataFrame:
     rows = []
@@ -329,15 +345,22 @@ def test_black_band_images_are_quarantined_unless_kept(tmp_path):
 @pytest.mark.parametrize("mode", ["pad", "crop"])
 def test_modes_and_colour_options_run_through_the_stage(tmp_path, mode):
     manifest = make_manifest(tmp_path / "raw", n=2)
-    processed, _ = preprocess_manifest(manifest, tmp_path / "out", 20, mode=mode, colour="grey_world",
-                                       jobs=1, progress=False)
+    processed, _ = preprocess_manifest(
+        manifest, tmp_path / "out", 20, mode=mode, colour="grey_world", jobs=1, progress=False
+    )
     assert all(read_image(p).shape == (20, 20, 3) for p in processed["path"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"size": 0}, "size"), ({"quality": 101}, "quality"), ({"mode": "zoom"}, "mode"),
-    ({"jobs": 0}, "jobs"), ({"colour": "sepia"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"size": 0}, "size"),
+        ({"quality": 101}, "quality"),
+        ({"mode": "zoom"}, "mode"),
+        ({"jobs": 0}, "jobs"),
+        ({"colour": "sepia"}, "colour"),
+    ],
+)
 def test_bad_arguments_are_user_errors(tmp_path, kwargs, message):
     manifest = make_manifest(tmp_path / "raw", n=1)
     with pytest.raises(WbcError, match=message):
@@ -367,8 +390,9 @@ def test_settings_are_recorded_and_found_from_an_output_image(tmp_path):
 
     raw = save(tmp_path / "raw" / "a.png", smear(80, 60))
     manifest = pd.DataFrame({"path": [str(raw)], "label": ["x"], "source": ["PBC"]})
-    processed, _ = preprocess_manifest(manifest, tmp_path / "out", size=32, mode="pad",
-                                       colour="clahe", jobs=1, progress=False)
+    processed, _ = preprocess_manifest(
+        manifest, tmp_path / "out", size=32, mode="pad", colour="clahe", jobs=1, progress=False
+    )
     assert (tmp_path / "out" / SETTINGS_FILE).is_file()
     found = preprocess_settings(processed["path"].iloc[0])
     assert found["size"] == 32 and found["mode"] == "pad" and found["colour"] == "clahe"

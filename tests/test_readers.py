@@ -1,4 +1,5 @@
 """Readers on small folders built here: layouts, junk files, duplicates, layout errors, CLI."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,15 @@ from wbc.errors import LayoutError, WbcError
 from wbc.fileio import file_digest
 from wbc.labels import ALL_CLASSES, LMU_CODES, PBC_CLASSES
 from wbc.readers import (
-    BLOODMNIST_CLASSES, check_image_file, locate_dataset, read_all, read_bloodmnist, read_dataset,
-    read_pbc, summarise_reasons, write_bloodmnist_folders,
+    BLOODMNIST_CLASSES,
+    check_image_file,
+    locate_dataset,
+    read_all,
+    read_bloodmnist,
+    read_dataset,
+    read_pbc,
+    summarise_reasons,
+    write_bloodmnist_folders,
 )
 
 
@@ -32,8 +40,11 @@ def make_pbc(root: Path) -> dict[str, Path]:
     """A PBC folder with good images and every kind of junk; returns the notable paths."""
     pbc = root / "PBC_dataset_normal_DIB"
     good = {
-        "basophil": ["BA_1.jpg", "BA_2.jpg"], "eosinophil": ["EO_1.jpg"], "lymphocyte": ["LY_1.jpg"],
-        "monocyte": ["MO_1.jpg"], "erythroblast": ["ERB_1.jpg"],
+        "basophil": ["BA_1.jpg", "BA_2.jpg"],
+        "eosinophil": ["EO_1.jpg"],
+        "lymphocyte": ["LY_1.jpg"],
+        "monocyte": ["MO_1.jpg"],
+        "erythroblast": ["ERB_1.jpg"],
         "ig": ["MMY_1.jpg", "MY_2.jpg", "PMY_3.jpg", "IG_4.jpg"],
         "neutrophil": ["BNE_1.jpg", "SNE_2.jpg", "NEUTROPHIL_3.jpg"],
     }
@@ -96,6 +107,7 @@ def reason_of(skipped: pd.DataFrame, path: Path) -> str:
 
 # ---------------------------------------------------------------- single files
 
+
 def test_check_image_file_by_name_size_and_signature(tmp_path):
     assert check_image_file(write_image(tmp_path / "a.jpg", 0)) is None
     assert check_image_file(write_image(tmp_path / "a.png", 0)) is None
@@ -111,6 +123,7 @@ def test_check_image_file_by_name_size_and_signature(tmp_path):
 
 
 # ---------------------------------------------------------------- PBC
+
 
 def test_read_pbc_keeps_images_and_reports_every_junk_item(tmp_path):
     notable = make_pbc(tmp_path)
@@ -193,6 +206,7 @@ def test_output_is_deterministic(data_dir):
 
 # ---------------------------------------------------------------- layout errors
 
+
 def test_layout_error_when_root_missing_or_wrong(tmp_path):
     with pytest.raises(LayoutError, match="does not exist"):
         read_pbc(tmp_path / "nowhere")
@@ -231,6 +245,7 @@ def test_locate_dataset_reports_what_was_found(tmp_path):
 
 # ---------------------------------------------------------------- LMU and ALL
 
+
 def test_read_lmu_rgba_tiffs(data_dir):
     manifest, skipped = read_dataset("lmu", data_dir)
     assert len(manifest) == 8 and (manifest["source"] == "LMU").all()
@@ -252,6 +267,7 @@ def test_read_all_versions(data_dir):
 
 
 # ---------------------------------------------------------------- BloodMNIST
+
 
 def write_npz(path: Path, per_split=(5, 2, 3), size=8, drop: str | None = None) -> dict:
     rng = np.random.default_rng(0)
@@ -297,9 +313,11 @@ def test_read_bloodmnist_bad_files(tmp_path):
 
 # ---------------------------------------------------------------- CLI
 
+
 def test_summarise_reasons_counts_kinds():
-    skipped = pd.DataFrame({"path": ["a", "b", "c"], "reason": ["empty file: 0 bytes", "empty file: 0 bytes",
-                                                                 "hidden file: x"]})
+    skipped = pd.DataFrame(
+        {"path": ["a", "b", "c"], "reason": ["empty file: 0 bytes", "empty file: 0 bytes", "hidden file: x"]}
+    )
     assert summarise_reasons(skipped).to_dict() == {"empty file": 2, "hidden file": 1}
 
 
@@ -332,14 +350,17 @@ def test_cli_manifest_data_dir_from_environment(data_dir, tmp_path, monkeypatch,
     assert set(pd.read_csv(out)["version"]) == {"Segmented"}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["manifest", "pbc", "--out", "x.csv"], "pass --data-dir DIR or set WBC_DATA_DIR"),
-    (["manifest", "pbc", "--data-dir", "/no/such/folder", "--out", "x.csv"], "does not exist"),
-    (["manifest", "pbc", "--data-dir", "{tmp}", "--out", "x.csv", "--cap", "5"], "wbc10 only"),
-    (["manifest", "lmu", "--data-dir", "{tmp}", "--out", "x.csv", "--version", "Original"], "all and all4 only"),
-    (["manifest", "pbc", "--data-dir", "{tmp}", "--out", "x.txt"], ".csv"),
-    (["manifest", "pbc", "--data-dir", "{tmp}", "--out", "x.csv"], "CONTAINS PBC_dataset_normal_DIB"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["manifest", "pbc", "--out", "x.csv"], "pass --data-dir DIR or set WBC_DATA_DIR"),
+        (["manifest", "pbc", "--data-dir", "/no/such/folder", "--out", "x.csv"], "does not exist"),
+        (["manifest", "pbc", "--data-dir", "{tmp}", "--out", "x.csv", "--cap", "5"], "wbc10 only"),
+        (["manifest", "lmu", "--data-dir", "{tmp}", "--out", "x.csv", "--version", "Original"], "all and all4 only"),
+        (["manifest", "pbc", "--data-dir", "{tmp}", "--out", "x.txt"], ".csv"),
+        (["manifest", "pbc", "--data-dir", "{tmp}", "--out", "x.csv"], "CONTAINS PBC_dataset_normal_DIB"),
+    ],
+)
 def test_cli_manifest_bad_arguments_exit_2(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WBC_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)

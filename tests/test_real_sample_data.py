@@ -1,5 +1,6 @@
 """Readers and merges on the real sample (``$WBC_REAL_SAMPLE``), checked against counts computed
 here straight from the file names with os.walk, independently of the readers and the label map."""
+
 from __future__ import annotations
 
 import os
@@ -22,20 +23,40 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 
 # Study A's ten classes written out by hand (GUIDE section 3), keyed by the PBC file-name
 # prefix and by the LMU class code; everything else is excluded.
-PREFIX_CLASS = {"BA": "basophil", "EO": "eosinophil", "LY": "lymphocyte", "MO": "monocyte",
-                "SNE": "neutrophil_segmented", "BNE": "neutrophil_band", "MY": "myelocyte",
-                "PMY": "promyelocyte", "MMY": "metamyelocyte"}
-CODE_CLASS = {"BAS": "basophil", "EOS": "eosinophil", "LYT": "lymphocyte", "MON": "monocyte",
-              "NGS": "neutrophil_segmented", "NGB": "neutrophil_band", "MYO": "myeloblast",
-              "MYB": "myelocyte", "PMO": "promyelocyte", "MMZ": "metamyelocyte"}
+PREFIX_CLASS = {
+    "BA": "basophil",
+    "EO": "eosinophil",
+    "LY": "lymphocyte",
+    "MO": "monocyte",
+    "SNE": "neutrophil_segmented",
+    "BNE": "neutrophil_band",
+    "MY": "myelocyte",
+    "PMY": "promyelocyte",
+    "MMY": "metamyelocyte",
+}
+CODE_CLASS = {
+    "BAS": "basophil",
+    "EOS": "eosinophil",
+    "LYT": "lymphocyte",
+    "MON": "monocyte",
+    "NGS": "neutrophil_segmented",
+    "NGB": "neutrophil_band",
+    "MYO": "myeloblast",
+    "MYB": "myelocyte",
+    "PMO": "promyelocyte",
+    "MMZ": "metamyelocyte",
+}
 
 
 def walk_images(folder: Path) -> list[Path]:
     """Every visible file with an image extension under ``folder``."""
     found = []
     for parent, _dirs, files in os.walk(folder):
-        found += [Path(parent) / f for f in files
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+        found += [
+            Path(parent) / f
+            for f in files
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES
+        ]
     return found
 
 
@@ -63,8 +84,10 @@ def test_every_real_all_image_is_found(real_sample):
     both, skipped = read_dataset("all", real_sample, version="both")
     expected = walk_images(real_sample / "ALL_Kaggle")
     assert sorted(both["path"]) == sorted(str(p) for p in expected)
-    assert dict(Counter((p.parent.parent.name, p.parent.name) for p in expected)) == \
-        both.groupby(["version", "label"]).size().to_dict()
+    assert (
+        dict(Counter((p.parent.parent.name, p.parent.name) for p in expected))
+        == both.groupby(["version", "label"]).size().to_dict()
+    )
     assert skipped.empty
 
 
@@ -160,12 +183,29 @@ def test_cli_manifest_wbc10_on_real_sample(real_sample, tmp_path, capsys):
 
 def test_cli_entry_point_runs_as_module(real_sample, tmp_path):
     out = tmp_path / "pbc.csv"
-    result = subprocess.run([sys.executable, "-m", "wbc", "manifest", "pbc", "--data-dir", str(real_sample),
-                             "--out", str(out)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "wbc", "manifest", "pbc", "--data-dir", str(real_sample), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "hidden file: 1" in result.stdout and "duplicate: 2" in result.stdout
     assert len(pd.read_csv(out)) == len(walk_images(real_sample / "PBC_dataset_normal_DIB"))
-    bad = subprocess.run([sys.executable, "-m", "wbc", "manifest", "pbc", "--data-dir",
-                          str(real_sample / "PBC_dataset_normal_DIB"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wbc",
+            "manifest",
+            "pbc",
+            "--data-dir",
+            str(real_sample / "PBC_dataset_normal_DIB"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "one level too deep" in bad.stderr

@@ -1,5 +1,6 @@
 """Reliability of the data stages: truthful settings records, pixel limits, folders replaced as a
 unit, empty labels, file names that are not UTF-8, file permissions."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,7 @@ def noise(path: Path, h: int = 48, w: int = 48, seed: int = 0) -> Path:
 
 
 def manifest_of(paths: list[Path], labels: list[str] | None = None) -> pd.DataFrame:
-    return pd.DataFrame({"path": [str(p) for p in paths], "source": "PBC",
-                         "label": labels or ["cells"] * len(paths)})
+    return pd.DataFrame({"path": [str(p) for p in paths], "source": "PBC", "label": labels or ["cells"] * len(paths)})
 
 
 @pytest.fixture
@@ -51,8 +51,13 @@ def test_other_settings_into_a_filled_folder_are_refused_unless_overwrite(raw, t
     out = tmp_path / "out"
     base = ["preprocess", str(csv), "--out", str(out), "--jobs", "1", "--no-progress"]
     assert cli_main(base + ["--size", "32"]) == 0
-    for other in (["--size", "24"], ["--size", "32", "--mode", "pad"], ["--size", "32", "--colour", "clahe"],
-                  ["--size", "32", "--quality", "80"], ["--size", "32", "--keep-black-band"]):
+    for other in (
+        ["--size", "24"],
+        ["--size", "32", "--mode", "pad"],
+        ["--size", "32", "--colour", "clahe"],
+        ["--size", "32", "--quality", "80"],
+        ["--size", "32", "--keep-black-band"],
+    ):
         capsys.readouterr()
         assert cli_main(base + other) == 2, other
         err = capsys.readouterr().err
@@ -124,9 +129,9 @@ def test_start_keeps_part_files_of_live_writers_and_removes_dead_ones(raw, tmp_p
 
 def giant_png(width: int, height: int) -> bytes:
     """A valid 1-bit grayscale PNG of width x height: tens of kilobytes on disk, gigabytes decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (len(data).to_bytes(4, "big") + kind + data
-                + zlib.crc32(kind + data).to_bytes(4, "big"))
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     row = b"\x00" + bytes((width + 7) // 8)
     comp = zlib.compressobj(9)
@@ -146,8 +151,7 @@ def test_huge_image_is_quarantined_from_its_header_without_decoding(raw, tmp_pat
         return real_decode(buf, flags)
 
     monkeypatch.setattr(pp.cv2, "imdecode", guarded)
-    processed, quarantine = preprocess_manifest(manifest_of([*raw, bomb]), tmp_path / "out", 32, jobs=1,
-                                                progress=False)
+    processed, quarantine = preprocess_manifest(manifest_of([*raw, bomb]), tmp_path / "out", 32, jobs=1, progress=False)
     assert len(processed) == len(raw)
     reason = quarantine.set_index("path").at[str(bomb), "reason"]
     assert reason.startswith("too large: 20000x20000 px") and "--max-pixels" in reason
@@ -157,18 +161,21 @@ def test_huge_image_is_quarantined_from_its_header_without_decoding(raw, tmp_pat
 
 def test_pixel_limit_and_minimum_size_are_settable(tmp_path):
     big, small = noise(tmp_path / "raw" / "big.png", 100, 100), noise(tmp_path / "raw" / "small.png", 8, 12, seed=1)
-    processed, quarantine = preprocess_manifest(manifest_of([big, small]), tmp_path / "a", 32, jobs=1,
-                                                progress=False, max_pixels=5000)
+    processed, quarantine = preprocess_manifest(
+        manifest_of([big, small]), tmp_path / "a", 32, jobs=1, progress=False, max_pixels=5000
+    )
     reasons = quarantine.set_index("path")["reason"]
     assert reasons[str(big)].startswith("too large: 100x100 px")
     assert reasons[str(small)].startswith("too small: 12x8 px") and "not upscaled" in reasons[str(small)]
     assert processed.empty
-    processed, quarantine = preprocess_manifest(manifest_of([big, small]), tmp_path / "b", 32, jobs=1,
-                                                progress=False, min_size=8)
+    processed, quarantine = preprocess_manifest(
+        manifest_of([big, small]), tmp_path / "b", 32, jobs=1, progress=False, min_size=8
+    )
     assert len(processed) == 2 and quarantine.empty
     # a re-run with a stricter limit quarantines a finished output instead of skipping it
-    processed, quarantine = preprocess_manifest(manifest_of([big, small]), tmp_path / "b", 32, jobs=1,
-                                                progress=False, min_size=16)
+    processed, quarantine = preprocess_manifest(
+        manifest_of([big, small]), tmp_path / "b", 32, jobs=1, progress=False, min_size=16
+    )
     assert processed["raw_path"].tolist() == [str(big)] and quarantine["path"].tolist() == [str(small)]
     assert json.loads((tmp_path / "b" / "preprocess.json").read_text())["min_size"] == 16
 
@@ -177,11 +184,31 @@ def test_cli_limits_flags(tmp_path, capsys):
     small = noise(tmp_path / "raw" / "small.png", 10, 10)
     csv = tmp_path / "m.csv"
     manifest_of([small]).to_csv(csv, index=False)
-    assert cli_main(["preprocess", str(csv), "--out", str(tmp_path / "o"), "--size", "16", "--jobs", "1",
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(["preprocess", str(csv), "--out", str(tmp_path / "o"), "--size", "16", "--jobs", "1", "--no-progress"])
+        == 0
+    )
     assert "too small: 10x10 px" in capsys.readouterr().out
-    assert cli_main(["preprocess", str(csv), "--out", str(tmp_path / "p"), "--size", "16", "--jobs", "1",
-                     "--no-progress", "--min-size", "4", "--max-pixels", "1000"]) == 0
+    assert (
+        cli_main(
+            [
+                "preprocess",
+                str(csv),
+                "--out",
+                str(tmp_path / "p"),
+                "--size",
+                "16",
+                "--jobs",
+                "1",
+                "--no-progress",
+                "--min-size",
+                "4",
+                "--max-pixels",
+                "1000",
+            ]
+        )
+        == 0
+    )
     assert "quarantined: 0" in capsys.readouterr().out
     assert cli_main(["preprocess", str(csv), "--out", str(tmp_path / "q"), "--max-pixels", "0"]) == 2
 

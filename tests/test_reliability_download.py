@@ -1,10 +1,10 @@
 """Reliability of downloads against a loopback HTTP server (127.0.0.1 only) that misbehaves on
 purpose, of archive extraction and of the verification."""
+
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 import threading
 import zipfile
@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 import pytest
 
-from wbc import download
 from wbc.cli import main as cli_main
 from wbc.download import PBC_COUNTS, REGISTRY, download_dataset, extract_archive, fetch_url, verify_folder
 from wbc.errors import DownloadError
@@ -137,16 +136,16 @@ def patch_member(archive: bytes, name: str, *, flags: int | None = None, method:
     local = zipfile.ZipFile(io.BytesIO(archive)).getinfo(name).header_offset
     central = data.index(b"PK\x01\x02")
     while True:  # walk the central directory to the member's entry
-        name_len = int.from_bytes(data[central + 28:central + 30], "little")
-        if data[central + 46:central + 46 + name_len] == name.encode():
+        name_len = int.from_bytes(data[central + 28 : central + 30], "little")
+        if data[central + 46 : central + 46 + name_len] == name.encode():
             break
         central = data.index(b"PK\x01\x02", central + 4)
     if flags is not None:
-        data[local + 6:local + 8] = flags.to_bytes(2, "little")
-        data[central + 8:central + 10] = flags.to_bytes(2, "little")
+        data[local + 6 : local + 8] = flags.to_bytes(2, "little")
+        data[central + 8 : central + 10] = flags.to_bytes(2, "little")
     if method is not None:
-        data[local + 8:local + 10] = method.to_bytes(2, "little")
-        data[central + 10:central + 12] = method.to_bytes(2, "little")
+        data[local + 8 : local + 10] = method.to_bytes(2, "little")
+        data[central + 10 : central + 12] = method.to_bytes(2, "little")
     return bytes(data)
 
 
@@ -155,10 +154,13 @@ def small_pbc(monkeypatch):
     monkeypatch.setitem(REGISTRY, "pbc", replace(REGISTRY["pbc"], counts=dict.fromkeys(PBC_COUNTS, 2)))
 
 
-@pytest.mark.parametrize("damage, message", [
-    ({"flags": 0x1}, "is encrypted"),
-    ({"method": 99}, "compression method 99"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ({"flags": 0x1}, "is encrypted"),
+        ({"method": 99}, "compression method 99"),
+    ],
+)
 def test_encrypted_or_unsupported_member_is_a_clear_error(server, tmp_path, capsys, small_pbc, damage, message):
     name = "PBC_dataset_normal_DIB/basophil/BA_0.jpg"
     server.files["/pbc.zip"] = patch_member(pbc_zip(method=zipfile.ZIP_STORED), name, **damage)
@@ -170,8 +172,7 @@ def test_encrypted_or_unsupported_member_is_a_clear_error(server, tmp_path, caps
     assert not [p for p in data.iterdir() if ".extract-" in p.name]
 
 
-def test_archive_size_and_entry_count_are_checked_before_extracting(server, tmp_path, capsys, small_pbc,
-                                                                   monkeypatch):
+def test_archive_size_and_entry_count_are_checked_before_extracting(server, tmp_path, capsys, small_pbc, monkeypatch):
     calls = []
     real = zipfile.ZipFile.extractall
     monkeypatch.setattr(zipfile.ZipFile, "extractall", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
@@ -189,8 +190,12 @@ def test_archive_size_and_entry_count_are_checked_before_extracting(server, tmp_
     assert cli_main(["download", "pbc", *url]) == 0  # within the default limits: extracted
     assert calls and (data / "PBC_dataset_normal_DIB" / "basophil" / "BA_0.jpg").is_file()
     with pytest.raises(DownloadError, match="entries, more than the limit"):  # settable in the library too
-        extract_archive(data / ".downloads" / "PBC_dataset_normal_DIB.zip", tmp_path / "other" / "PBC_dataset_normal_DIB",
-                        REGISTRY["pbc"], max_entries=3)
+        extract_archive(
+            data / ".downloads" / "PBC_dataset_normal_DIB.zip",
+            tmp_path / "other" / "PBC_dataset_normal_DIB",
+            REGISTRY["pbc"],
+            max_entries=3,
+        )
 
 
 def test_cli_archive_limits_apply_to_pbc_only(tmp_path, capsys):
@@ -221,7 +226,7 @@ def test_verification_does_not_read_huge_files_or_decode_bombs(tmp_path, monkeyp
     (folder / "ok.png").write_bytes(cv2.imencode(".png", np.zeros((20, 20, 3), np.uint8))[1].tobytes())
     (folder / "bomb.png").write_bytes(giant_png(20000, 20000))
     with open(folder / "huge.png", "wb") as fh:  # a sparse 300 MB file: no disk used
-        fh.truncate(300 * 1024 ** 2)
+        fh.truncate(300 * 1024**2)
     read = []
     real = np.fromfile
     monkeypatch.setattr(np, "fromfile", lambda path, *a, **k: read.append(Path(path).name) or real(path, *a, **k))
@@ -235,7 +240,7 @@ def test_verification_does_not_read_huge_files_or_decode_bombs(tmp_path, monkeyp
 def test_checksums_are_computed_in_chunks(server, tmp_path, monkeypatch):
     import wbc.fileio as fileio
 
-    data = random.Random(2).randbytes(3 * 1024 ** 2 + 5)
+    data = random.Random(2).randbytes(3 * 1024**2 + 5)
     dest = tmp_path / "big.bin"
     dest.write_bytes(data)
     sizes = []
@@ -253,9 +258,14 @@ def test_checksums_are_computed_in_chunks(server, tmp_path, monkeypatch):
             return self.h.hexdigest()
 
     monkeypatch.setattr(fileio.hashlib, "new", Recording)
-    fetch_url("http://127.0.0.1:9/unused", dest, expected_md5=md5(data), expected_sha256=hashlib.sha256(data).hexdigest(),
-              progress=False)  # an existing file is verified, not fetched
-    assert len(sizes) >= 6 and max(sizes) <= 1024 ** 2
+    fetch_url(
+        "http://127.0.0.1:9/unused",
+        dest,
+        expected_md5=md5(data),
+        expected_sha256=hashlib.sha256(data).hexdigest(),
+        progress=False,
+    )  # an existing file is verified, not fetched
+    assert len(sizes) >= 6 and max(sizes) <= 1024**2
 
 
 # ----------------------------------------------------------------------------- Kaggle cache links

@@ -3,6 +3,7 @@
 Every test here starts real processes (``subprocess``), never threads: the guarantees are about
 what happens between processes (and when one is killed with SIGKILL).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ class Holder:
     """A separate process holding the lock of ``folder`` until ``release()`` or ``kill()``."""
 
     def __init__(self, folder: Path, stage: str = "test-holder"):
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), stage],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(folder), stage], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline()
         assert line.strip() == "locked", line
         self.pid = self.proc.pid
@@ -94,15 +96,23 @@ def test_second_preprocess_process_is_refused_naming_the_first(tmp_path):
     os.mkfifo(fifo)
     csv = manifest_csv(tmp_path / "manifest.csv", [fifo, *images])
     out = tmp_path / "out"
-    first = subprocess.Popen(wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "1",
-                                     "--no-progress"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "1", "--no-progress"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (read_holder(lock_path(out)) or {}).get("pid") != first.pid:
             assert first.poll() is None, first.communicate()
             time.sleep(0.05)
-        second = subprocess.run(wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "1",
-                                        "--no-progress"), capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "1", "--no-progress"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2, second.stderr
         assert f"PID {first.pid}" in second.stderr and "preprocess" in second.stderr
         assert "Traceback" not in second.stderr
@@ -148,9 +158,14 @@ def write_split(folder: Path, rows: dict[str, list[tuple[str, str]]], classes: s
 
 
 def good_split(folder: Path) -> Path:
-    return write_split(folder, {"train": [("/x/a1.jpg", "a"), ("/x/b1.jpg", "b")],
-                                "val": [("/x/a2.jpg", "a"), ("/x/b2.jpg", "b")],
-                                "test": [("/x/a3.jpg", "a"), ("/x/b3.jpg", "b")]})
+    return write_split(
+        folder,
+        {
+            "train": [("/x/a1.jpg", "a"), ("/x/b1.jpg", "b")],
+            "val": [("/x/a2.jpg", "a"), ("/x/b2.jpg", "b")],
+            "test": [("/x/a3.jpg", "a"), ("/x/b3.jpg", "b")],
+        },
+    )
 
 
 def test_train_command_locks_its_run_folder(tmp_path):
@@ -187,8 +202,12 @@ def test_stale_lock_of_a_killed_process_is_taken_over_and_reported(tmp_path):
     holder = Holder(out, "preprocess")
     holder.kill()  # kill -9: the lock file stays behind, naming a dead process
     assert read_holder(lock_path(out))["pid"] == holder.pid
-    done = subprocess.run(wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "1",
-                                  "--no-progress"), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "1", "--no-progress"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "stale lock" in done.stderr and f"PID {holder.pid}" in done.stderr
     assert len(pd.read_csv(out / "manifest.csv")) == 2 and not lock_path(out).exists()
@@ -215,9 +234,12 @@ def test_workers_die_when_the_preprocess_process_is_killed(tmp_path):
     os.mkfifo(fifo)
     csv = manifest_csv(tmp_path / "manifest.csv", [*images, fifo])
     out = tmp_path / "out"
-    proc = subprocess.Popen(wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "2",
-                                    "--no-progress"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "2", "--no-progress"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     family: list[psutil.Process] = []
     try:
         parent = psutil.Process(proc.pid)
@@ -249,8 +271,12 @@ def test_workers_die_when_the_preprocess_process_is_killed(tmp_path):
     # and the folder resumes cleanly: the stale lock is taken over, only complete outputs kept
     os.unlink(fifo)
     cv2.imwrite(str(fifo), smear(64, 64, seed=99))
-    again = subprocess.run(wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "1",
-                                   "--no-progress"), capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        wbc_cmd("preprocess", str(csv), "--out", str(out), "--size", "32", "--jobs", "1", "--no-progress"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr
     assert len(pd.read_csv(out / "manifest.csv")) == 61
     assert not list(out.rglob("*.part*"))

@@ -5,6 +5,7 @@ The commands' ``main`` is called through the parser (``args.func(args)``) rather
 ``wbc.cli.main``, which imports TensorFlow first: the checks must need no TensorFlow, and each
 test stubs the library call so that reaching it fails the test.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ from wbc.cli import build_parser
 from wbc.errors import WbcError
 
 
-def write_split(folder: Path, rows: dict[str, list[tuple]], classes: str = "a\nb\n",
-                columns: tuple[str, ...] = ("path", "label")) -> Path:
+def write_split(
+    folder: Path, rows: dict[str, list[tuple]], classes: str = "a\nb\n", columns: tuple[str, ...] = ("path", "label")
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
         pd.DataFrame(rows.get(split, []), columns=list(columns)).to_csv(folder / f"{split}.csv", index=False)
@@ -28,9 +30,11 @@ def write_split(folder: Path, rows: dict[str, list[tuple]], classes: str = "a\nb
     return folder
 
 
-GOOD = {"train": [("/x/a1.jpg", "a"), ("/x/b1.jpg", "b")],
-        "val": [("/x/a2.jpg", "a"), ("/x/b2.jpg", "b")],
-        "test": [("/x/a3.jpg", "a"), ("/x/b3.jpg", "b")]}
+GOOD = {
+    "train": [("/x/a1.jpg", "a"), ("/x/b1.jpg", "b")],
+    "val": [("/x/a2.jpg", "a"), ("/x/b2.jpg", "b")],
+    "test": [("/x/a3.jpg", "a"), ("/x/b3.jpg", "b")],
+}
 
 
 @pytest.fixture
@@ -59,16 +63,37 @@ def test_good_split_folder_passes(tmp_path):
     assert checks.check_split_folder(write_split(tmp_path / "s", GOOD)) == ["a", "b"]
 
 
-@pytest.mark.parametrize("case, rows, classes, message", [
-    ("overlap", {**GOOD, "test": [("/x/a1.jpg", "a"), ("/x/b3.jpg", "b")]}, "a\nb\n",
-     r"(?s)in more than one split.*/x/a1.jpg \(train and test\)"),
-    ("one class", {k: [r for r in v if r[1] == "a"] for k, v in GOOD.items()}, "a\n", r"1 class\(es\).*at least two"),
-    ("blank line", GOOD, "a\n\nb\n", r"empty class name on line\(s\) 2"),
-    ("empty label", {**GOOD, "val": [("/x/a2.jpg", ""), ("/x/b2.jpg", "b")]}, "a\nb\n",
-     r"val.csv: 1 row\(s\) with an empty label.*a2.jpg"),
-    ("unknown label", {**GOOD, "train": [("/x/a1.jpg", "a"), ("/x/c1.jpg", "c")]}, "a\nb\n", r"label\(s\) c not in"),
-    ("duplicate class", GOOD, "a\nb\na\n", "listed twice: a"),
-])
+@pytest.mark.parametrize(
+    "case, rows, classes, message",
+    [
+        (
+            "overlap",
+            {**GOOD, "test": [("/x/a1.jpg", "a"), ("/x/b3.jpg", "b")]},
+            "a\nb\n",
+            r"(?s)in more than one split.*/x/a1.jpg \(train and test\)",
+        ),
+        (
+            "one class",
+            {k: [r for r in v if r[1] == "a"] for k, v in GOOD.items()},
+            "a\n",
+            r"1 class\(es\).*at least two",
+        ),
+        ("blank line", GOOD, "a\n\nb\n", r"empty class name on line\(s\) 2"),
+        (
+            "empty label",
+            {**GOOD, "val": [("/x/a2.jpg", ""), ("/x/b2.jpg", "b")]},
+            "a\nb\n",
+            r"val.csv: 1 row\(s\) with an empty label.*a2.jpg",
+        ),
+        (
+            "unknown label",
+            {**GOOD, "train": [("/x/a1.jpg", "a"), ("/x/c1.jpg", "c")]},
+            "a\nb\n",
+            r"label\(s\) c not in",
+        ),
+        ("duplicate class", GOOD, "a\nb\na\n", "listed twice: a"),
+    ],
+)
 def test_degenerate_split_folders_are_refused_naming_the_problem(tmp_path, no_training, case, rows, classes, message):
     split = write_split(tmp_path / "s", rows, classes)
     with pytest.raises(WbcError, match=message):
@@ -80,9 +105,11 @@ def test_degenerate_split_folders_are_refused_naming_the_problem(tmp_path, no_tr
 
 def test_same_content_under_two_names_in_two_splits_is_a_leak(tmp_path):
     cols = ("path", "label", "sha256")
-    rows = {"train": [("/x/a1.jpg", "a", "s1"), ("/x/b1.jpg", "b", "s2")],
-            "val": [("/x/a2.jpg", "a", "s3"), ("/x/b2.jpg", "b", "s4")],
-            "test": [("/x/copy_of_a1.jpg", "a", "s1")]}
+    rows = {
+        "train": [("/x/a1.jpg", "a", "s1"), ("/x/b1.jpg", "b", "s2")],
+        "val": [("/x/a2.jpg", "a", "s3"), ("/x/b2.jpg", "b", "s4")],
+        "test": [("/x/copy_of_a1.jpg", "a", "s1")],
+    }
     with pytest.raises(WbcError, match="copy_of_a1.jpg in test: same sha256 as a file in train"):
         checks.check_split_folder(write_split(tmp_path / "s", rows, columns=cols))
 
@@ -106,16 +133,18 @@ def fake_model(path: Path, members: dict[str, bytes] | None = None) -> Path:
     """A zip shaped like a Keras 3 ``.keras`` archive (enough for ``check_model_file``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in (members or {"metadata.json": b"{}", "config.json": b"{}",
-                                       "model.weights.h5": bytes(range(256)) * 64}).items():
+        for name, data in (
+            members or {"metadata.json": b"{}", "config.json": b"{}", "model.weights.h5": bytes(range(256)) * 64}
+        ).items():
             zf.writestr(name, data)
     return path
 
 
 def fake_run(run: Path, split_dir: Path | None, classes=("a", "b")) -> Path:
     fake_model(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({"classes": list(classes), "image_size": 32,
-                                                  "split_dir": str(split_dir) if split_dir else None}))
+    (run / "config.json").write_text(
+        json.dumps({"classes": list(classes), "image_size": 32, "split_dir": str(split_dir) if split_dir else None})
+    )
     return run
 
 
@@ -130,10 +159,13 @@ def no_evaluation(monkeypatch):
     monkeypatch.setattr(wbc.evaluate, "open_run", refuse)
 
 
-@pytest.mark.parametrize("classes, detail", [
-    ("a\nc\n", "only in the split folder: c; only in the run: b"),
-    ("b\na\n", "same names in another order"),
-])
+@pytest.mark.parametrize(
+    "classes, detail",
+    [
+        ("a\nc\n", "only in the split folder: c; only in the run: b"),
+        ("b\na\n", "same names in another order"),
+    ],
+)
 def test_evaluate_refuses_a_split_folder_with_other_classes(tmp_path, no_evaluation, classes, detail):
     own = write_split(tmp_path / "own", GOOD)
     other = write_split(tmp_path / "other", GOOD, classes)

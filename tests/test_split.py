@@ -1,6 +1,6 @@
 """Duplicate-aware stratified splits and the leakage audit."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import cv2
 import numpy as np
@@ -9,8 +9,19 @@ import pytest
 
 from wbc.cli import main as cli_main
 from wbc.errors import WbcError
-from wbc.split import (PHASH_THRESHOLD, PIXEL_THRESHOLD, SPLITS, audit_splits, content_hashes, duplicate_groups,
-                       hamming, near_duplicate_pairs, perceptual_hash, pixel_distance, split_manifest)
+from wbc.split import (
+    PHASH_THRESHOLD,
+    PIXEL_THRESHOLD,
+    SPLITS,
+    audit_splits,
+    content_hashes,
+    duplicate_groups,
+    hamming,
+    near_duplicate_pairs,
+    perceptual_hash,
+    pixel_distance,
+    split_manifest,
+)
 
 
 def random_hashes(n: int, seed: int = 0) -> list[str]:
@@ -28,19 +39,28 @@ def synthetic_manifest(per_class: dict[str, int], seed: int = 0) -> pd.DataFrame
     """A manifest with ready-made hashes (no image files needed): one distinct image per row."""
     labels = [label for label, n in per_class.items() for _ in range(n)]
     hashes = random_hashes(len(labels), seed)
-    return pd.DataFrame({
-        "path": [f"/data/{label}/img_{i:04d}.jpg" for i, label in enumerate(labels)],
-        "source": "PBC", "label": labels,
-        "sha256": [f"{i:064x}" for i in range(len(labels))], "phash": hashes,
-    })
+    return pd.DataFrame(
+        {
+            "path": [f"/data/{label}/img_{i:04d}.jpg" for i, label in enumerate(labels)],
+            "source": "PBC",
+            "label": labels,
+            "sha256": [f"{i:064x}" for i in range(len(labels))],
+            "phash": hashes,
+        }
+    )
 
 
 def cell_image(seed: int, size: int = 96) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = np.full((size, size, 3), 225, np.uint8)
     for _ in range(4):
-        cv2.circle(img, tuple(int(v) for v in rng.integers(0, size, 2)), int(rng.integers(8, 30)),
-                   tuple(int(v) for v in rng.integers(40, 200, 3)), -1)
+        cv2.circle(
+            img,
+            tuple(int(v) for v in rng.integers(0, size, 2)),
+            int(rng.integers(8, 30)),
+            tuple(int(v) for v in rng.integers(40, 200, 3)),
+            -1,
+        )
     return img
 
 
@@ -67,6 +87,7 @@ def write_images(folder, images: dict[str, np.ndarray]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- hashes
+
 
 def test_perceptual_hash_is_stable_under_reencoding_and_resizing():
     img = cell_image(1)
@@ -98,12 +119,18 @@ def test_groups_join_exact_and_near_duplicates_and_ignore_row_order():
 def test_reencoded_and_resized_copies_are_confirmed_near_duplicates(tmp_path):
     img = cell_image(1)
     small = cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA)
-    paths = write_images(tmp_path, {
-        "a.png": img,
-        "a_q70.jpg": cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_COLOR),
-        "a_150.png": cv2.resize(img, (150, 150)),
-        "a_64_q50.jpg": cv2.imdecode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 50])[1], cv2.IMREAD_COLOR),
-        "b.png": cell_image(2)})
+    paths = write_images(
+        tmp_path,
+        {
+            "a.png": img,
+            "a_q70.jpg": cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_COLOR),
+            "a_150.png": cv2.resize(img, (150, 150)),
+            "a_64_q50.jpg": cv2.imdecode(
+                cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 50])[1], cv2.IMREAD_COLOR
+            ),
+            "b.png": cell_image(2),
+        },
+    )
     df = pd.DataFrame({"path": paths, "label": ["x", "x", "x", "x", "x"]})
     groups = duplicate_groups(df)
     assert groups[:4].nunique() == 1 and groups[4] != groups[0]
@@ -119,8 +146,14 @@ def test_look_alike_cells_with_colliding_hashes_are_not_grouped(tmp_path):
     base = int(perceptual_hash(images["cell_0.png"]), 16)
     # a chain of candidates: each hash 2 bits from the next, so all within reach of union-find
     chain = [f"{base ^ ((1 << (2 * k)) - 1):016x}" for k in range(6)]
-    df = pd.DataFrame({"path": paths, "label": ["lymphocyte", "monocyte"] * 3,
-                       "sha256": [f"{i:064x}" for i in range(6)], "phash": chain})
+    df = pd.DataFrame(
+        {
+            "path": paths,
+            "label": ["lymphocyte", "monocyte"] * 3,
+            "sha256": [f"{i:064x}" for i in range(6)],
+            "phash": chain,
+        }
+    )
     assert len(list(near_duplicate_pairs(chain, PHASH_THRESHOLD))) >= 5
     assert duplicate_groups(df, pixel_threshold=None).nunique() == 1  # hashes alone: one chained group
     assert duplicate_groups(df).nunique() == 6
@@ -131,18 +164,30 @@ def test_look_alike_cells_with_colliding_hashes_are_not_grouped(tmp_path):
 
 
 def test_unreadable_candidate_is_a_user_error(tmp_path):
-    df = pd.DataFrame({"path": [str(tmp_path / "gone_1.png"), str(tmp_path / "gone_2.png")], "label": "x",
-                       "sha256": ["1", "2"], "phash": ["00000000000000ff", "00000000000000fe"]})
+    df = pd.DataFrame(
+        {
+            "path": [str(tmp_path / "gone_1.png"), str(tmp_path / "gone_2.png")],
+            "label": "x",
+            "sha256": ["1", "2"],
+            "phash": ["00000000000000ff", "00000000000000fe"],
+        }
+    )
     with pytest.raises(WbcError, match="gone_1.png"):
         duplicate_groups(df)
 
 
 def test_original_and_segmented_versions_of_one_picture_share_a_group():
-    df = pd.DataFrame({
-        "path": ["/all/Original/Pro/x.jpg", "/all/Segmented/Pro/x.jpg", "/all/Original/Pro/y.jpg"],
-        "source": "ALL", "source_label": "Pro", "label": "Pro", "version": ["Original", "Segmented", "Original"],
-        "sha256": ["1", "2", "3"], "phash": random_hashes(3),
-    })
+    df = pd.DataFrame(
+        {
+            "path": ["/all/Original/Pro/x.jpg", "/all/Segmented/Pro/x.jpg", "/all/Original/Pro/y.jpg"],
+            "source": "ALL",
+            "source_label": "Pro",
+            "label": "Pro",
+            "version": ["Original", "Segmented", "Original"],
+            "sha256": ["1", "2", "3"],
+            "phash": random_hashes(3),
+        }
+    )
     groups = duplicate_groups(df)
     assert groups[0] == groups[1] != groups[2]
 
@@ -158,13 +203,15 @@ def test_hashes_are_computed_from_the_files_when_missing(tmp_path):
 
 
 def test_all_digit_hashes_parsed_as_numbers_by_pandas_still_work():
-    df = pd.DataFrame({"path": ["a", "b"], "label": "x", "sha256": ["1", "2"],
-                       "phash": [34567890123456, 34567890123457]})  # "0034567890123456" read as an int
+    df = pd.DataFrame(
+        {"path": ["a", "b"], "label": "x", "sha256": ["1", "2"], "phash": [34567890123456, 34567890123457]}
+    )  # "0034567890123456" read as an int
     assert content_hashes(df)["phash"].tolist() == ["0034567890123456", "0034567890123457"]
     assert duplicate_groups(df, pixel_threshold=None).nunique() == 1  # 1 bit apart: near-duplicate candidates
 
 
 # ----------------------------------------------------------------------------- split_manifest
+
 
 def test_split_is_stratified_complete_and_disjoint():
     df = synthetic_manifest({"a": 100, "b": 50, "c": 25})
@@ -255,6 +302,7 @@ def test_bad_policy_and_empty_manifest_are_user_errors():
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def test_cli_split_writes_byte_identical_files_for_the_same_seed(tmp_path, capsys):
     csv = tmp_path / "manifest.csv"
     df = synthetic_manifest({"b": 30, "a": 20})
@@ -262,10 +310,18 @@ def test_cli_split_writes_byte_identical_files_for_the_same_seed(tmp_path, capsy
     df.to_csv(csv, index=False)
     outputs = []
     for name in ("one", "two"):
-        assert cli_main(["split", str(csv), "--out", str(tmp_path / name), "--fractions", "0.7", "0.15", "0.15",
-                         "--seed", "3"]) == 0
-        outputs.append({f: (tmp_path / name / f).read_bytes()
-                        for f in ("train.csv", "val.csv", "test.csv", "audit.csv", "classes.txt")})
+        assert (
+            cli_main(
+                ["split", str(csv), "--out", str(tmp_path / name), "--fractions", "0.7", "0.15", "0.15", "--seed", "3"]
+            )
+            == 0
+        )
+        outputs.append(
+            {
+                f: (tmp_path / name / f).read_bytes()
+                for f in ("train.csv", "val.csv", "test.csv", "audit.csv", "classes.txt")
+            }
+        )
     assert outputs[0] == outputs[1]
     assert outputs[0]["classes.txt"] == b"a\nb\n"
     printed = capsys.readouterr().out
@@ -277,6 +333,7 @@ def test_cli_split_writes_byte_identical_files_for_the_same_seed(tmp_path, capsy
 
 # ----------------------------------------------------------------------------- real sample
 
+
 @pytest.fixture(scope="module")
 def real_processed(real_sample, tmp_path_factory):
     """The real sample's PBC eosinophil/neutrophil folders and ALL Pro folder, preprocessed."""
@@ -285,10 +342,13 @@ def real_processed(real_sample, tmp_path_factory):
 
     pbc, _ = read_pbc(real_sample / "PBC_dataset_normal_DIB")
     all_, _ = read_all(real_sample / "ALL_Kaggle", version="both")
-    manifest = pd.concat([pbc[pbc["source_label"].isin(["eosinophil", "neutrophil"])],
-                          all_[all_["source_label"] == "Pro"]], ignore_index=True)
-    processed, quarantine = preprocess_manifest(manifest, tmp_path_factory.mktemp("real-pp"), 64,
-                                                jobs=2, progress=False)
+    manifest = pd.concat(
+        [pbc[pbc["source_label"].isin(["eosinophil", "neutrophil"])], all_[all_["source_label"] == "Pro"]],
+        ignore_index=True,
+    )
+    processed, quarantine = preprocess_manifest(
+        manifest, tmp_path_factory.mktemp("real-pp"), 64, jobs=2, progress=False
+    )
     assert quarantine.empty, quarantine.to_string()  # no black band, no unreadable file
     return processed
 
@@ -303,8 +363,11 @@ def test_real_sample_duplicates_are_kept_together_or_dropped_per_policy(real_pro
     cross = audit[audit["kind"] == "cross_label"]
     assert len(cross) == 1 and "EO_225902" in cross.iloc[0]["paths"] and "BNE_191112" in cross.iloc[0]["paths"]
 
-    pro = [where(splits, f"{version}/Pro/WBC-Malignant-Pro-{n}.jpg") for version in ("Original", "Segmented")
-           for n in (142, 143)]
+    pro = [
+        where(splits, f"{version}/Pro/WBC-Malignant-Pro-{n}.jpg")
+        for version in ("Original", "Segmented")
+        for n in (142, 143)
+    ]
     assert len(pro[0]) == 1 and all(p == pro[0] for p in pro)  # 4 files (2 copies x 2 versions), one split
     pro_rows = audit[audit["paths"].str.contains("Pro-142")]
     assert len(pro_rows) == 1 and pro_rows.iloc[0]["kind"] == "duplicate" and pro_rows.iloc[0]["n"] == 4
@@ -316,16 +379,34 @@ def test_real_sample_duplicates_are_kept_together_or_dropped_per_policy(real_pro
 
 # ----------------------------------------------------------------------------- demo data, end to end
 
+
 def test_cli_preprocess_then_split_on_demo_data(demo_root, tmp_path, capsys):
     from wbc.readers import read_pbc
 
     manifest, _ = read_pbc(demo_root / "PBC_dataset_normal_DIB")
     csv = tmp_path / "manifest.csv"
     manifest.to_csv(csv, index=False)
-    assert cli_main(["preprocess", str(csv), "--out", str(tmp_path / "pp"), "--size", "32", "--jobs", "2",
-                     "--no-progress"]) == 0
-    assert cli_main(["split", str(tmp_path / "pp" / "manifest.csv"), "--out", str(tmp_path / "splits"),
-                     "--fractions", "0.7", "0.15", "0.15"]) == 0
+    assert (
+        cli_main(
+            ["preprocess", str(csv), "--out", str(tmp_path / "pp"), "--size", "32", "--jobs", "2", "--no-progress"]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "split",
+                str(tmp_path / "pp" / "manifest.csv"),
+                "--out",
+                str(tmp_path / "splits"),
+                "--fractions",
+                "0.7",
+                "0.15",
+                "0.15",
+            ]
+        )
+        == 0
+    )
     parts = {s: pd.read_csv(tmp_path / "splits" / f"{s}.csv") for s in SPLITS}
     quarantined = len(pd.read_csv(tmp_path / "pp" / "quarantine.csv"))
     audit = pd.read_csv(tmp_path / "splits" / "audit.csv")
@@ -347,17 +428,27 @@ def test_demo_data_has_only_the_planted_duplicate_groups(tmp_path, per_class):
     from wbc.readers import read_all, read_lmu, read_pbc
 
     written = generate_demo(tmp_path, per_class=per_class, seed=0)
-    manifest = pd.concat([read_pbc(tmp_path / "PBC_dataset_normal_DIB")[0],
-                          read_lmu(tmp_path / "AML-Cytomorphology_LMU")[0],
-                          read_all(tmp_path / "ALL_Kaggle", version="Original")[0]], ignore_index=True)
+    manifest = pd.concat(
+        [
+            read_pbc(tmp_path / "PBC_dataset_normal_DIB")[0],
+            read_lmu(tmp_path / "AML-Cytomorphology_LMU")[0],
+            read_all(tmp_path / "ALL_Kaggle", version="Original")[0],
+        ],
+        ignore_index=True,
+    )
     hashed = content_hashes(manifest)
-    candidates = [(i, j) for i, j in near_duplicate_pairs(hashed["phash"].tolist())
-                  if hashed.at[i, "sha256"] != hashed.at[j, "sha256"]]
+    candidates = [
+        (i, j)
+        for i, j in near_duplicate_pairs(hashed["phash"].tolist())
+        if hashed.at[i, "sha256"] != hashed.at[j, "sha256"]
+    ]
     assert candidates  # different pictures with colliding hashes: the pixel check has work to do
     groups = duplicate_groups(hashed)
     found = {frozenset(g["path"]) for _, g in hashed.groupby(groups) if len(g) > 1}
-    planted = written[written["quirk"].isin(["duplicate_across_classes", "duplicate_pair"])
-                      & ~written["path"].str.contains("/Segmented/")]
+    planted = written[
+        written["quirk"].isin(["duplicate_across_classes", "duplicate_pair"])
+        & ~written["path"].str.contains("/Segmented/")
+    ]
     assert found == {frozenset(g["path"]) for _, g in planted.groupby("quirk")}
 
 
@@ -368,13 +459,17 @@ def test_real_sample_copies_are_confirmed_and_different_images_are_not(real_samp
     from wbc.preprocess import read_image
     from wbc.split import thumbnail, thumbnail_distance
 
-    paths = sorted(p for p in real_sample.rglob("*") if p.suffix.lower() in (".jpg", ".tiff")
-                   and not p.name.startswith("."))
+    paths = sorted(
+        p for p in real_sample.rglob("*") if p.suffix.lower() in (".jpg", ".tiff") and not p.name.startswith(".")
+    )
     images = [read_image(p) for p in paths]
     hashes = [perceptual_hash(img) for img in images]
     thumbs = [thumbnail(img) for img in images]
-    different = [thumbnail_distance(thumbs[i], thumbs[j]) for i, j in near_duplicate_pairs(hashes, 10)
-                 if not np.array_equal(images[i], images[j])]  # byte-identical pairs aside
+    different = [
+        thumbnail_distance(thumbs[i], thumbs[j])
+        for i, j in near_duplicate_pairs(hashes, 10)
+        if not np.array_equal(images[i], images[j])
+    ]  # byte-identical pairs aside
     assert len(different) > 5 and min(different) >= PIXEL_THRESHOLD
 
     def jpeg(img, side, quality):

@@ -1,5 +1,6 @@
 """Training: TrainConfig, train_model run folders (complete, reloadable, refused when diverged),
 the two-phase fit, the device set-up, the command line."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from test_pipeline import CLASSES, write_toy_split
+
 from wbc.errors import WbcError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras copying weights
@@ -96,7 +97,8 @@ def test_run_folder_is_complete_and_reloads_identically(cnn1_run, toy_split):
     from wbc.pipeline import load_raw_images, load_split
 
     assert {"model.keras", "history.csv", "config.json", "train.log", "best.weights.h5"} <= {
-        p.name for p in cnn1_run.iterdir()}
+        p.name for p in cnn1_run.iterdir()
+    }
     assert runs.is_complete(cnn1_run)
     raw = pd.read_csv(cnn1_run / "history.csv")  # Keras' CSVLogger: epochs counted from 0
     assert list(raw["epoch"]) == [0, 1]
@@ -114,7 +116,8 @@ def test_run_folder_is_complete_and_reloads_identically(cnn1_run, toy_split):
     assert config["best_val_accuracy"] == pytest.approx(history["val_accuracy"].max())
     assert config["best_phase"] == 1 and config["epochs_run"] == 2 and config["phase1_epochs"] == 2
     assert history.loc[history["epoch"] == config["best_epoch"], "val_accuracy"].item() == pytest.approx(
-        config["best_val_accuracy"])
+        config["best_val_accuracy"]
+    )
     # the optimizer ran the cosine schedule
     assert model.optimizer.get_config()["learning_rate"]["class_name"] == "CosineDecay"
     assert "best val_accuracy" in (cnn1_run / "train.log").read_text()
@@ -163,8 +166,13 @@ def test_load_run_and_read_history_errors(tmp_path):
         runs.load_run(tmp_path / "half")
     history = runs.read_history(tmp_path / "half", phase1_epochs=2)
     assert list(history["epoch"]) == [1, 2, 3] and list(history["phase"]) == [1, 1, 2]
-    assert runs.best_epoch(history, 2) == {"best_epoch": 2, "best_phase": 1, "best_val_accuracy": 0.6,
-                                           "epochs_run": 3, "phase1_epochs": 2}
+    assert runs.best_epoch(history, 2) == {
+        "best_epoch": 2,
+        "best_phase": 1,
+        "best_val_accuracy": 0.6,
+        "epochs_run": 3,
+        "phase1_epochs": 2,
+    }
     with pytest.raises(WbcError, match="missing"):
         runs.read_history(tmp_path / "nope")
 
@@ -249,8 +257,18 @@ def test_fit_two_phase_keeps_phase_1_best_when_phase_2_is_worse(toy_split, tmp_p
     run_dir = runs.start_run(tmp_path / "two-phase")
     with warnings.catch_warnings():  # reloading the best checkpoint into phase 2's model warns of nothing
         warnings.simplefilter("error", UserWarning)
-        histories = lessons.fit_two_phase(model, train_ds, val_ds, run_dir, epochs=4, lr=0.01, fine_tune_epochs=2,
-                                          fine_tune_lr=1e4, patience=10, verbose=0)  # phase 2 at a ruinous rate
+        histories = lessons.fit_two_phase(
+            model,
+            train_ds,
+            val_ds,
+            run_dir,
+            epochs=4,
+            lr=0.01,
+            fine_tune_epochs=2,
+            fine_tune_lr=1e4,
+            patience=10,
+            verbose=0,
+        )  # phase 2 at a ruinous rate
     assert model.get_layer("conv5_block1_1_conv").trainable and not model.get_layer("conv5_block1_1_bn").trainable
     history = runs.read_history(run_dir, phase1_epochs=len(histories[0].epoch))
     assert list(history["phase"]) == [1, 1, 1, 1, 2, 2]
@@ -289,8 +307,9 @@ def test_configure_device_gpu_branch_with_faked_devices(monkeypatch):
     fake_gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
     real_list = tf.config.list_physical_devices
     growth = []
-    monkeypatch.setattr(tf.config, "list_physical_devices",
-                        lambda kind=None: [fake_gpu] if kind == "GPU" else real_list(kind))
+    monkeypatch.setattr(
+        tf.config, "list_physical_devices", lambda kind=None: [fake_gpu] if kind == "GPU" else real_list(kind)
+    )
     monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda gpu, on: growth.append((gpu, on)))
     try:
         strategy = configure_device("auto")
@@ -330,8 +349,25 @@ def test_cli_trains_one_epoch(toy_split, tmp_path, capsys):
     from wbc.cli import main
 
     out = tmp_path / "cli-run"
-    code = main(["train", "--split-dir", str(toy_split), "--model", "cnn1", "--image-size", "32",
-                 "--epochs", "1", "--batch-size", "8", "--no-augment", "--quiet", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--split-dir",
+            str(toy_split),
+            "--model",
+            "cnn1",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--no-augment",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["augment"] is False and config["epochs_run"] == 1
@@ -343,8 +379,10 @@ def test_cli_trains_one_epoch(toy_split, tmp_path, capsys):
 def test_cli_bad_arguments(tmp_path, capsys):
     from wbc.cli import main
 
-    assert main(["train", "--split-dir", str(tmp_path / "nowhere"), "--model", "cnn1",
-                 "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(["train", "--split-dir", str(tmp_path / "nowhere"), "--model", "cnn1", "--out", str(tmp_path / "run")])
+        == 2
+    )
     assert "nowhere" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["train", "--split-dir", str(tmp_path), "--model", "lenet", "--out", str(tmp_path / "run")])

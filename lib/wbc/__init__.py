@@ -3,6 +3,7 @@
 Stages (one module each): readers -> merge -> preprocess -> split -> pipeline -> models
 -> train -> evaluate / gradcam. ``python -m wbc --help`` runs the same stages from a shell.
 """
+
 import os as _os
 
 # Tame TensorFlow's C++ log noise (INFO and WARNING lines) unless the user chose a level.

@@ -1,4 +1,5 @@
 """``python -m wbc``: the command-line entry point."""
+
 import sys
 
 from wbc.cli import main

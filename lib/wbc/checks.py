@@ -7,13 +7,14 @@ empty or unknown label), ``check_split_classes`` (a split folder's classes are t
 order), ``check_model_file`` / ``check_run_dir`` (a complete, readable ``model.keras``, so a
 corrupt file is not reported as Keras' "File not found").
 """
+
 from __future__ import annotations
 
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from wbc.config import SPLITS
 from wbc.errors import WbcError
@@ -29,8 +30,10 @@ def check_learning_rate(value, flag: str = "--lr") -> float:
     except (TypeError, ValueError):
         raise WbcError(f"{flag} must be a number, got {value!r}") from None
     if not math.isfinite(lr) or lr <= 0:
-        raise WbcError(f"{flag} must be a finite number above 0 (e.g. 1e-3), got {value!r}: training with it "
-                       "would not learn (0 or negative) or would fill the model with NaN (inf, nan)")
+        raise WbcError(
+            f"{flag} must be a finite number above 0 (e.g. 1e-3), got {value!r}: training with it "
+            "would not learn (0 or negative) or would fill the model with NaN (inf, nan)"
+        )
     return lr
 
 
@@ -48,15 +51,18 @@ def read_classes(split_dir: str | os.PathLike) -> list[str]:
         lines.pop()
     blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
     if blank:
-        raise WbcError(f"{path}: empty class name on line(s) {', '.join(map(str, blank))}; every line names "
-                       "one class (split the manifest again after giving every image a label)")
+        raise WbcError(
+            f"{path}: empty class name on line(s) {', '.join(map(str, blank))}; every line names "
+            "one class (split the manifest again after giving every image a label)"
+        )
     classes = [line.strip() for line in lines]
     twice = sorted({c for c in classes if classes.count(c) > 1})
     if twice:
         raise WbcError(f"{path}: class name(s) listed twice: {', '.join(twice)}")
     if len(classes) < 2:
-        raise WbcError(f"{path}: {len(classes)} class(es) ({', '.join(classes) or 'none'}); a classifier "
-                       "needs at least two")
+        raise WbcError(
+            f"{path}: {len(classes)} class(es) ({', '.join(classes) or 'none'}); a classifier needs at least two"
+        )
     return classes
 
 
@@ -67,8 +73,11 @@ def _overlaps(frames: dict, column: str) -> list[str]:
         for value, path in zip(df[column].astype(str), df["path"].astype(str)):
             other = seen.setdefault(value, name) if value else name
             if other != name:
-                lines.append(f"{path} ({other} and {name})" if column == "path"
-                             else f"{path} in {name}: same {column} as a file in {other}")
+                lines.append(
+                    f"{path} ({other} and {name})"
+                    if column == "path"
+                    else f"{path} in {name}: same {column} as a file in {other}"
+                )
     return lines
 
 
@@ -96,9 +105,11 @@ def check_split_folder(split_dir: str | os.PathLike, splits: Sequence[str] = ("t
         df = read_table(path, "split CSV", relative_to_folder=True)
         empty = df.index[df["label"].str.strip() == ""]
         if len(empty):
-            raise WbcError(f"{path}: {len(empty)} row(s) with an empty label (e.g. "
-                           f"{', '.join(df.loc[empty[:5], 'path'])}); split the manifest again after giving "
-                           "every image a label")
+            raise WbcError(
+                f"{path}: {len(empty)} row(s) with an empty label (e.g. "
+                f"{', '.join(df.loc[empty[:5], 'path'])}); split the manifest again after giving "
+                "every image a label"
+            )
         unknown = sorted(set(df["label"]) - set(classes))
         if unknown:
             raise WbcError(f"{path}: label(s) {', '.join(unknown)} not in classes.txt ({', '.join(classes)})")
@@ -108,9 +119,13 @@ def check_split_folder(split_dir: str | os.PathLike, splits: Sequence[str] = ("t
         leaks += _overlaps(frames, "sha256")
     if leaks:
         more = f"\n  ... and {len(leaks) - 10} more" if len(leaks) > 10 else ""
-        raise WbcError(f"{split_dir}: {len(leaks)} image(s) in more than one split (train, val and test must "
-                       f"not overlap: the scores would be inflated):\n  " + "\n  ".join(leaks[:10]) + more
-                       + "\nSplit the manifest again with `python -m wbc split`.")
+        raise WbcError(
+            f"{split_dir}: {len(leaks)} image(s) in more than one split (train, val and test must "
+            f"not overlap: the scores would be inflated):\n  "
+            + "\n  ".join(leaks[:10])
+            + more
+            + "\nSplit the manifest again with `python -m wbc split`."
+        )
     return classes
 
 
@@ -129,12 +144,16 @@ def check_split_classes(split_dir: str | os.PathLike, run_dir: str | os.PathLike
         raise WbcError(f"{path}: missing; a split folder written by `python -m wbc split` has it")
     have = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if have != want:
-        detail = [f"only in the split folder: {', '.join(sorted(set(have) - set(want)))}"] if set(have) - set(want) else []
+        detail = (
+            [f"only in the split folder: {', '.join(sorted(set(have) - set(want)))}"] if set(have) - set(want) else []
+        )
         detail += [f"only in the run: {', '.join(sorted(set(want) - set(have)))}"] if set(want) - set(have) else []
-        raise WbcError(f"{path} does not match the classes the run was trained on ({Path(run_dir) / 'config.json'}): "
-                       f"{'; '.join(detail or ['same names in another order (the class indices differ)'])}.\n"
-                       f"  run:   {', '.join(want)}\n  split: {', '.join(have)}\n"
-                       "Evaluate on a split folder with the same classes.txt.")
+        raise WbcError(
+            f"{path} does not match the classes the run was trained on ({Path(run_dir) / 'config.json'}): "
+            f"{'; '.join(detail or ['same names in another order (the class indices differ)'])}.\n"
+            f"  run:   {', '.join(want)}\n  split: {', '.join(have)}\n"
+            "Evaluate on a split folder with the same classes.txt."
+        )
     return have
 
 
@@ -161,8 +180,10 @@ def check_model_file(path: str | os.PathLike) -> Path:
     except (OSError, EOFError, RuntimeError, NotImplementedError, ValueError) as exc:
         why = f"{type(exc).__name__}: {exc}"
     if why:
-        raise WbcError(f"{path}: corrupt or unreadable model file: {why}. It was probably cut short (full disk, "
-                       "interrupted copy); train the run again with --overwrite or restore the file.")
+        raise WbcError(
+            f"{path}: corrupt or unreadable model file: {why}. It was probably cut short (full disk, "
+            "interrupted copy); train the run again with --overwrite or restore the file."
+        )
     return path
 
 

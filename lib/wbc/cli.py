@@ -5,6 +5,7 @@ Heavy libraries (TensorFlow) are imported inside the verbs only, so ``--help`` s
 library reports through ``logging``; ``main`` shows its messages (``config.show_logs``), prints
 a ``WbcError`` as ``error: ...`` and exits 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,16 +25,22 @@ DEFAULT_CAP = 1300
 #: The ``train`` options: one per ``TrainConfig`` setting (defaults from there), with its help.
 TRAIN_HELP = {
     "weights": "resnet50 backbone: imagenet (default for resnet50), none, or PATH to a .h5/.weights.h5 file; "
-               "other models: none or PATH",
-    "image_size": "square input size in pixels", "epochs": "epochs (phase 1 for resnet50)",
-    "batch_size": "images per batch", "lr": "Adam learning rate",
+    "other models: none or PATH",
+    "image_size": "square input size in pixels",
+    "epochs": "epochs (phase 1 for resnet50)",
+    "batch_size": "images per batch",
+    "lr": "Adam learning rate",
     "fine_tune_epochs": "resnet50 phase 2: epochs with the top blocks unfrozen (BatchNorm frozen)",
-    "fine_tune_lr": "learning rate of phase 2", "patience": "EarlyStopping patience on val_accuracy",
+    "fine_tune_lr": "learning rate of phase 2",
+    "patience": "EarlyStopping patience on val_accuracy",
     "min_epochs": "never stop early before this epoch (BatchNorm models swing early on)",
-    "lr_schedule": "learning-rate schedule", "warmup_epochs": "linear warm-up before cosine decay",
+    "lr_schedule": "learning-rate schedule",
+    "warmup_epochs": "linear warm-up before cosine decay",
     "augment": "switch off augmentation (rotation, flips, zoom, brightness)",
-    "class_weights": "balanced class weights", "reduce_lr": "ReduceLROnPlateau on val_loss",
-    "cache": "cache decoded images in memory", "seed": "random seed",
+    "class_weights": "balanced class weights",
+    "reduce_lr": "ReduceLROnPlateau on val_loss",
+    "cache": "cache decoded images in memory",
+    "seed": "random seed",
 }
 
 
@@ -49,8 +56,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise WbcError(f"--seed must be zero or positive, got {args.seed}")
     start = time.perf_counter()
-    written = generate_demo(args.out, per_class=args.per_class, seed=args.seed, quirks=not args.no_quirks,
-                            progress=True)
+    written = generate_demo(
+        args.out, per_class=args.per_class, seed=args.seed, quirks=not args.no_quirks, progress=True
+    )
     seconds = time.perf_counter() - start
     print(f"Demo data written to {Path(args.out).resolve()} in {seconds:.1f} s ({len(written) / seconds:.0f} files/s)")
     for dataset, count in written.groupby("dataset").size().items():
@@ -73,13 +81,14 @@ def cmd_download(args: argparse.Namespace) -> int:
         raise WbcError("--verify-all does not apply to bloodmnist (its MD5 covers every byte)")
     gb, entries = args.max_archive_gb, args.max_archive_entries
     if (gb is not None or entries is not None) and name != "pbc":
-        raise WbcError("--max-archive-gb and --max-archive-entries apply to pbc only (the other datasets "
-                       "are not zip archives)")
+        raise WbcError(
+            "--max-archive-gb and --max-archive-entries apply to pbc only (the other datasets are not zip archives)"
+        )
     options: dict = {}
     if gb is not None:
         if not gb > 0:
             raise WbcError(f"--max-archive-gb must be above 0, got {gb}")
-        options["max_archive_bytes"] = int(gb * 1024 ** 3)
+        options["max_archive_bytes"] = int(gb * 1024**3)
     if entries is not None:
         if entries < 1:
             raise WbcError(f"--max-archive-entries must be at least 1, got {entries}")
@@ -159,12 +168,24 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from wbc.preprocess import preprocess_manifest, read_manifest_csv
 
     processed, quarantine = preprocess_manifest(
-        read_manifest_csv(args.manifest), args.out, args.size, mode=args.mode, quality=args.quality,
-        jobs=args.jobs, remove_black_band=not args.keep_black_band, colour=args.colour,
-        progress=not args.no_progress, overwrite=args.overwrite, max_pixels=args.max_pixels, min_size=args.min_size)
+        read_manifest_csv(args.manifest),
+        args.out,
+        args.size,
+        mode=args.mode,
+        quality=args.quality,
+        jobs=args.jobs,
+        remove_black_band=not args.keep_black_band,
+        colour=args.colour,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        max_pixels=args.max_pixels,
+        min_size=args.min_size,
+    )
     counts = processed.attrs["counts"]
-    print(f"processed: {counts['processed']}  skipped (already done): {counts['skipped']}  "
-          f"quarantined: {counts['quarantined']}  black-band removed: {counts['black_band']}")
+    print(
+        f"processed: {counts['processed']}  skipped (already done): {counts['skipped']}  "
+        f"quarantined: {counts['quarantined']}  black-band removed: {counts['black_band']}"
+    )
     for row in quarantine.itertuples(index=False):
         print(f"  quarantined {row.path}: {row.reason}")
     print(f"wrote {args.out / 'manifest.csv'} ({len(processed)} images) and {args.out / 'quarantine.csv'}")
@@ -180,8 +201,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     manifest = read_manifest_csv(args.manifest)
     threshold = None if args.phash_threshold < 0 else args.phash_threshold
     with FolderLock(args.out, "split"):  # taken first: a second writer is told at once
-        splits = split_manifest(manifest, args.fractions, args.seed, cross_label=args.cross_label,
-                                phash_threshold=threshold)
+        splits = split_manifest(
+            manifest, args.fractions, args.seed, cross_label=args.cross_label, phash_threshold=threshold
+        )
         audit = write_split_folder(splits, args.out, phash_threshold=threshold)
     print(class_counts(splits).to_string())
     for kind, n in audit["kind"].value_counts().sort_index().items():
@@ -225,14 +247,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split_dir = args.split_dir or read_config(args.run_dir).get("split_dir")
         if split_dir and Path(split_dir).is_dir():
             checks.check_split_classes(split_dir, args.run_dir)
-        m = evaluate.evaluate_run(args.run_dir, split=args.split, split_dir=args.split_dir, n_boot=args.n_boot,
-                                  seed=args.seed)
+        m = evaluate.evaluate_run(
+            args.run_dir, split=args.split, split_dir=args.split_dir, n_boot=args.n_boot, seed=args.seed
+        )
     ci = m["ci95"]
     print(f"{m['split']} split: {m['n_images']} images, {len(m['classes'])} classes")
     print(f"accuracy          {m['accuracy']:.4f}  (95% CI {ci['accuracy'][0]:.4f}-{ci['accuracy'][1]:.4f})")
     print(f"macro F1          {m['macro_f1']:.4f}  (95% CI {ci['macro_f1'][0]:.4f}-{ci['macro_f1'][1]:.4f})")
-    for key, label in (("weighted_f1", "weighted F1"), ("balanced_accuracy", "balanced accuracy"), ("loss", "loss"),
-                       ("auc_macro", "auc_macro"), ("auc_micro", "auc_micro")):
+    for key, label in (
+        ("weighted_f1", "weighted F1"),
+        ("balanced_accuracy", "balanced accuracy"),
+        ("loss", "loss"),
+        ("auc_macro", "auc_macro"),
+        ("auc_micro", "auc_micro"),
+    ):
         print(f"{label:<17} {'n/a' if m[key] is None else format(m[key], '.4f')}")
     print(per_class_table(m).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for note in m["notes"]:
@@ -255,12 +283,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if row["error"]:
             print(f"{row['path']}: unreadable ({row['error']})")
         else:
-            print(f"{row['path']}: " + ", ".join(f"{row[f'top{i}_label']} {row[f'top{i}_prob']:.3f}"
-                                                for i in range(1, k + 1)))
+            print(
+                f"{row['path']}: "
+                + ", ".join(f"{row[f'top{i}_label']} {row[f'top{i}_prob']:.3f}" for i in range(1, k + 1))
+            )
     out = args.out or args.run_dir / "predictions" / "predictions.csv"
     write_csv_atomic(table, out)
     n_bad = int((table["error"] != "").sum())
-    print(f"wrote {len(table) - n_bad} prediction(s) to {out}" + (f"; {n_bad} unreadable image(s) listed" if n_bad else ""))
+    print(
+        f"wrote {len(table) - n_bad} prediction(s) to {out}"
+        + (f"; {n_bad} unreadable image(s) listed" if n_bad else "")
+    )
     if args.gradcam:
         from wbc.gradcam import save_overlays
 
@@ -275,7 +308,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per verb."""
     parser = argparse.ArgumentParser(
-        prog="python -m wbc", description="White-blood-cell classification: data, preprocessing, training, evaluation.")
+        prog="python -m wbc", description="White-blood-cell classification: data, preprocessing, training, evaluation."
+    )
     parser.add_argument("--version", action="version", version=f"wbc {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
@@ -284,92 +318,182 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = verb("demo", cmd_demo, "generate synthetic demo data in the PBC, LMU and ALL folder layouts",
-             "Write smear-like synthetic single-cell images under DIR in the exact folder layouts and file names "
-             "of the real downloads (PBC_dataset_normal_DIB/, AML-Cytomorphology_LMU/, ALL_Kaggle/), "
-             "deterministic from the seed.")
+    p = verb(
+        "demo",
+        cmd_demo,
+        "generate synthetic demo data in the PBC, LMU and ALL folder layouts",
+        "Write smear-like synthetic single-cell images under DIR in the exact folder layouts and file names "
+        "of the real downloads (PBC_dataset_normal_DIB/, AML-Cytomorphology_LMU/, ALL_Kaggle/), "
+        "deterministic from the seed.",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write the datasets into")
-    p.add_argument("--per-class", type=int, default=12, metavar="N",
-                   help="images per class, PBC file-name prefix and LMU code (default 12)")
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=12,
+        metavar="N",
+        help="images per class, PBC file-name prefix and LMU code (default 12)",
+    )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--no-quirks", action="store_true",
-                   help="leave out the real releases' quirks (junk file, duplicates, black bands)")
+    p.add_argument(
+        "--no-quirks",
+        action="store_true",
+        help="leave out the real releases' quirks (junk file, duplicates, black bands)",
+    )
 
-    p = verb("manifest", cmd_manifest, "list a dataset's images (path, source, label) into a CSV manifest",
-             "Write the manifest CSV, <stem>_skipped.csv beside it (files skipped or reported, with reasons) and, "
-             "for wbc10, <stem>_excluded.csv (rows left out by the ten-class map or the cap); print the counts.")
-    p.add_argument("dataset", choices=DATASETS, help="pbc, lmu, all (single datasets, own labels), wbc10 "
-                   "(PBC+LMU, ten classes), all4 (ALL, one version)")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder holding PBC_dataset_normal_DIB/, "
-                   "AML-Cytomorphology_LMU/, ALL_Kaggle/ (default: $WBC_DATA_DIR)")
+    p = verb(
+        "manifest",
+        cmd_manifest,
+        "list a dataset's images (path, source, label) into a CSV manifest",
+        "Write the manifest CSV, <stem>_skipped.csv beside it (files skipped or reported, with reasons) and, "
+        "for wbc10, <stem>_excluded.csv (rows left out by the ten-class map or the cap); print the counts.",
+    )
+    p.add_argument(
+        "dataset",
+        choices=DATASETS,
+        help="pbc, lmu, all (single datasets, own labels), wbc10 (PBC+LMU, ten classes), all4 (ALL, one version)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding PBC_dataset_normal_DIB/, AML-Cytomorphology_LMU/, ALL_Kaggle/ (default: $WBC_DATA_DIR)",
+    )
     p.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
-    p.add_argument("--cap", type=int, default=None,
-                   help=f"wbc10 only: at most N images per class (default {DEFAULT_CAP}; 0 = no cap)")
+    p.add_argument(
+        "--cap",
+        type=int,
+        default=None,
+        help=f"wbc10 only: at most N images per class (default {DEFAULT_CAP}; 0 = no cap)",
+    )
     p.add_argument("--seed", type=int, default=None, help="wbc10 only: seed of the capped sampling (default 0)")
-    p.add_argument("--version", choices=["Original", "Segmented"], default=None,
-                   help="all/all4 only: image version (all: both by default; all4: Original by default)")
+    p.add_argument(
+        "--version",
+        choices=["Original", "Segmented"],
+        default=None,
+        help="all/all4 only: image version (all: both by default; all4: Original by default)",
+    )
 
-    p = verb("download", cmd_download, "download a dataset into the data folder and verify it",
-             "Download a dataset into DIR under its standard name and verify it (checksums where the owner "
-             "publishes them, else folder names, per-class counts and image decoding). Re-running is safe: an "
-             "interrupted download resumes, a complete dataset is reported and left alone. 'lmu' prints how to "
-             "get the TCIA collection by hand and verifies DIR/AML-Cytomorphology_LMU.")
+    p = verb(
+        "download",
+        cmd_download,
+        "download a dataset into the data folder and verify it",
+        "Download a dataset into DIR under its standard name and verify it (checksums where the owner "
+        "publishes them, else folder names, per-class counts and image decoding). Re-running is safe: an "
+        "interrupted download resumes, a complete dataset is reported and left alone. 'lmu' prints how to "
+        "get the TCIA collection by hand and verifies DIR/AML-Cytomorphology_LMU.",
+    )
     p.add_argument("dataset", choices=list(DOWNLOADERS), help="which dataset")
     p.add_argument("--data-dir", default=None, help="data folder (default: $WBC_DATA_DIR)")
     p.add_argument("--url", default=None, help="download address overriding the registry's (pbc, bloodmnist)")
-    p.add_argument("--size", type=int, choices=(28, 64, 128, 224), default=None,
-                   help="BloodMNIST image size (default 28)")
+    p.add_argument(
+        "--size", type=int, choices=(28, 64, 128, 224), default=None, help="BloodMNIST image size (default 28)"
+    )
     p.add_argument("--verify-all", action="store_true", help="decode every image instead of a sample (pbc, all, lmu)")
-    p.add_argument("--max-archive-gb", type=float, default=None, help="pbc: refuse an archive that unpacks to "
-                   "more than this many GiB, checked before extracting (default 20)")
-    p.add_argument("--max-archive-entries", type=int, default=None, help="pbc: refuse an archive with more "
-                   "entries than this, checked before extracting (default 200000)")
+    p.add_argument(
+        "--max-archive-gb",
+        type=float,
+        default=None,
+        help="pbc: refuse an archive that unpacks to more than this many GiB, checked before extracting (default 20)",
+    )
+    p.add_argument(
+        "--max-archive-entries",
+        type=int,
+        default=None,
+        help="pbc: refuse an archive with more entries than this, checked before extracting (default 200000)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = verb("preprocess", cmd_preprocess, "read, check and resize every image of a manifest into RGB JPEGs",
-             "Write DIR/images/<label>/*.jpg, DIR/manifest.csv (processed manifest) and DIR/quarantine.csv "
-             "(inputs not written, with the reason). Re-running skips finished outputs; raw files are never "
-             "modified. One run at a time writes DIR (a lock file beside it); DIR/preprocess.json records the "
-             "settings and is written last.")
+    p = verb(
+        "preprocess",
+        cmd_preprocess,
+        "read, check and resize every image of a manifest into RGB JPEGs",
+        "Write DIR/images/<label>/*.jpg, DIR/manifest.csv (processed manifest) and DIR/quarantine.csv "
+        "(inputs not written, with the reason). Re-running skips finished outputs; raw files are never "
+        "modified. One run at a time writes DIR (a lock file beside it); DIR/preprocess.json records the "
+        "settings and is written last.",
+    )
     p.add_argument("manifest", type=Path, help="manifest CSV (columns path, source, source_label, sub_label, label)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created; re-runs resume in it)")
     p.add_argument("--size", type=int, default=400, help="output size in pixels, square (default 400, as Study A)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--mode", choices=["stretch", "pad", "crop"], default="stretch",
-                   help="stretch to the square (default), pad to square (letterbox) or centre crop")
+    p.add_argument(
+        "--mode",
+        choices=["stretch", "pad", "crop"],
+        default="stretch",
+        help="stretch to the square (default), pad to square (letterbox) or centre crop",
+    )
     p.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
-    p.add_argument("--keep-black-band", action="store_true",
-                   help="keep images with a black band on an edge (default: quarantine them, as Study A)")
-    p.add_argument("--colour", choices=["clahe", "grey_world"], default=None,
-                   help="optional colour normalisation (default: none)")
-    p.add_argument("--overwrite", action="store_true", help="replace what earlier runs wrote in DIR (needed when "
-                   "DIR holds images made with other settings: size, mode, quality, colour, black-band handling)")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="quarantine images with more pixels than "
-                   "this, read from the header before decoding (default 50000000, 50 megapixels)")
-    p.add_argument("--min-size", type=int, default=MIN_SIZE, help="quarantine images smaller than this many "
-                   "pixels on a side instead of upscaling them (default 16)")
+    p.add_argument(
+        "--keep-black-band",
+        action="store_true",
+        help="keep images with a black band on an edge (default: quarantine them, as Study A)",
+    )
+    p.add_argument(
+        "--colour", choices=["clahe", "grey_world"], default=None, help="optional colour normalisation (default: none)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what earlier runs wrote in DIR (needed when "
+        "DIR holds images made with other settings: size, mode, quality, colour, black-band handling)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="quarantine images with more pixels than "
+        "this, read from the header before decoding (default 50000000, 50 megapixels)",
+    )
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=MIN_SIZE,
+        help="quarantine images smaller than this many pixels on a side instead of upscaling them (default 16)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    p = verb("split", cmd_split, "stratified train/val/test split that keeps duplicates together, with a leakage audit",
-             "Write DIR/train.csv, val.csv, test.csv (manifest columns plus sha256, phash, group), DIR/audit.csv "
-             "(duplicate groups, cross-label copies, missing classes) and DIR/classes.txt. The same manifest and "
-             "seed give byte-identical files. DIR is replaced as a unit (written beside it, then renamed into "
-             "place); one run at a time writes it.")
+    p = verb(
+        "split",
+        cmd_split,
+        "stratified train/val/test split that keeps duplicates together, with a leakage audit",
+        "Write DIR/train.csv, val.csv, test.csv (manifest columns plus sha256, phash, group), DIR/audit.csv "
+        "(duplicate groups, cross-label copies, missing classes) and DIR/classes.txt. The same manifest and "
+        "seed give byte-identical files. DIR is replaced as a unit (written beside it, then renamed into "
+        "place); one run at a time writes it.",
+    )
     p.add_argument("manifest", type=Path, help="manifest CSV, usually DIR/manifest.csv from `preprocess`")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--fractions", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
-                   default=DEFAULT_FRACTIONS["wbc10"], help="split fractions summing to 1 (default 0.8 0.12 0.08 "
-                   "as Study A; Study B: 0.7 0.15 0.15)")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+        default=DEFAULT_FRACTIONS["wbc10"],
+        help="split fractions summing to 1 (default 0.8 0.12 0.08 as Study A; Study B: 0.7 0.15 0.15)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--cross-label", choices=["drop_both", "keep_one", "report"], default="drop_both",
-                   help="what to do with one image filed under several labels (default drop_both)")
-    p.add_argument("--phash-threshold", type=int, default=PHASH_THRESHOLD, help="max differing bits (of 64) "
-                   "for near duplicates; -1 for exact copies only (default 4)")
+    p.add_argument(
+        "--cross-label",
+        choices=["drop_both", "keep_one", "report"],
+        default="drop_both",
+        help="what to do with one image filed under several labels (default drop_both)",
+    )
+    p.add_argument(
+        "--phash-threshold",
+        type=int,
+        default=PHASH_THRESHOLD,
+        help="max differing bits (of 64) for near duplicates; -1 for exact copies only (default 4)",
+    )
 
-    p = verb("train", cmd_train, "train a model on a split folder; writes model.keras, history.csv, config.json",
-             "Train a model on train.csv/val.csv of a split folder and write a run folder (model.keras = best "
-             "epoch by val_accuracy, history.csv, config.json, train.log).",
-             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = verb(
+        "train",
+        cmd_train,
+        "train a model on a split folder; writes model.keras, history.csv, config.json",
+        "Train a model on train.csv/val.csv of a split folder and write a run folder (model.keras = best "
+        "epoch by val_accuracy, history.csv, config.json, train.log).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--split-dir", required=True, help="folder written by `python -m wbc split`")
     p.add_argument("--model", required=True, choices=MODEL_NAMES, help="architecture")
     p.add_argument("--out", required=True, help="run folder to create")
@@ -386,40 +510,64 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument(flag, action="store_true", help=TRAIN_HELP[field.name])
             else:
                 kind = {"weights": str, "lr_schedule": str}.get(field.name, type(default))
-                p.add_argument(flag, type=kind, default=default, help=TRAIN_HELP[field.name],
-                               choices=["cosine"] if field.name == "lr_schedule" else None)
+                p.add_argument(
+                    flag,
+                    type=kind,
+                    default=default,
+                    help=TRAIN_HELP[field.name],
+                    choices=["cosine"] if field.name == "lr_schedule" else None,
+                )
     p.add_argument("--overwrite", action="store_true", help="replace a complete run at --out")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress bars")
 
-    p = verb("evaluate", cmd_evaluate,
-             "evaluate a run on a split: metrics.json, report tables, confusion matrix, ROC, errors",
-             "Predict a split of the run's split folder (or of --split-dir, for external validation) and write "
-             "RUN_DIR/evaluation/<split>/: metrics.json (with bootstrap 95% intervals), report.csv, report.md, "
-             "confusion_counts.csv, confusion_normalised.csv, predictions.csv and the figures curves.png, "
-             "confusion.png, confusion_normalised.png, roc.png, errors.png.")
+    p = verb(
+        "evaluate",
+        cmd_evaluate,
+        "evaluate a run on a split: metrics.json, report tables, confusion matrix, ROC, errors",
+        "Predict a split of the run's split folder (or of --split-dir, for external validation) and write "
+        "RUN_DIR/evaluation/<split>/: metrics.json (with bootstrap 95% intervals), report.csv, report.md, "
+        "confusion_counts.csv, confusion_normalised.csv, predictions.csv and the figures curves.png, "
+        "confusion.png, confusion_normalised.png, roc.png, errors.png.",
+    )
     p.add_argument("run_dir", type=Path, help="run folder written by `python -m wbc train`")
     p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to evaluate (default test)")
-    p.add_argument("--split-dir", type=Path, default=None,
-                   help="another split folder with the same classes (default: the one the run was trained on)")
+    p.add_argument(
+        "--split-dir",
+        type=Path,
+        default=None,
+        help="another split folder with the same classes (default: the one the run was trained on)",
+    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
 
-    p = verb("predict", cmd_predict,
-             "classify image files or folders with a trained run (top-k labels, optional Grad-CAM)",
-             "Classify images (JPEG, PNG, TIFF, BMP, ...) or every image inside folders; print the top-k classes "
-             "with probabilities and write them as CSV. An unreadable image is an error naming the file, unless "
-             "--skip-unreadable lists it in the CSV instead. Raw images get what the run's training images got "
-             "from `python -m wbc preprocess` (colour normalisation, resize mode; recorded in the run's "
-             "config.json), then the model's own resize and preprocessing.")
+    p = verb(
+        "predict",
+        cmd_predict,
+        "classify image files or folders with a trained run (top-k labels, optional Grad-CAM)",
+        "Classify images (JPEG, PNG, TIFF, BMP, ...) or every image inside folders; print the top-k classes "
+        "with probabilities and write them as CSV. An unreadable image is an error naming the file, unless "
+        "--skip-unreadable lists it in the CSV instead. Raw images get what the run's training images got "
+        "from `python -m wbc preprocess` (colour normalisation, resize mode; recorded in the run's "
+        "config.json), then the model's own resize and preprocessing.",
+    )
     p.add_argument("run_dir", type=Path, help="run folder written by `python -m wbc train`")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default 3)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="CSV of the predictions (default RUN_DIR/predictions/predictions.csv)")
-    p.add_argument("--gradcam", type=Path, default=None, metavar="OUT_DIR",
-                   help="also write a Grad-CAM overlay of the predicted class for each image into OUT_DIR")
-    p.add_argument("--skip-unreadable", action="store_true",
-                   help="list unreadable images in the CSV (column error) instead of stopping")
+    p.add_argument(
+        "--out", type=Path, default=None, help="CSV of the predictions (default RUN_DIR/predictions/predictions.csv)"
+    )
+    p.add_argument(
+        "--gradcam",
+        type=Path,
+        default=None,
+        metavar="OUT_DIR",
+        help="also write a Grad-CAM overlay of the predicted class for each image into OUT_DIR",
+    )
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="list unreadable images in the CSV (column error) instead of stopping",
+    )
     return parser
 
 

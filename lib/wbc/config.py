@@ -11,6 +11,7 @@ Environment variables (all optional):
   Default ``outputs/`` at the repository root (or in the current folder outside the repo).
 - ``WBC_REAL_SAMPLE``: path of the small real sample used by tests (tests skip when unset).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,15 +57,48 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "ci": Profile("ci", demo_per_class=12, cap=1300, image_size=64, preprocess_size=96,
-                  batch_size=16, epochs=1, fine_tune_epochs=1, learning_rate=1e-3, study_epochs=1,
-                  cnn_epochs=1, cnn_min_epochs=0),
-    "demo": Profile("demo", demo_per_class=40, cap=1300, image_size=96, preprocess_size=128,
-                    batch_size=32, epochs=6, fine_tune_epochs=2, learning_rate=1e-3, study_epochs=8,
-                    cnn_epochs=20, cnn_min_epochs=10),
-    "full": Profile("full", demo_per_class=40, cap=1300, image_size=128, preprocess_size=400,
-                    batch_size=32, epochs=10, fine_tune_epochs=5, learning_rate=1e-3, study_epochs=10,
-                    cnn_epochs=40, cnn_min_epochs=15),
+    "ci": Profile(
+        "ci",
+        demo_per_class=12,
+        cap=1300,
+        image_size=64,
+        preprocess_size=96,
+        batch_size=16,
+        epochs=1,
+        fine_tune_epochs=1,
+        learning_rate=1e-3,
+        study_epochs=1,
+        cnn_epochs=1,
+        cnn_min_epochs=0,
+    ),
+    "demo": Profile(
+        "demo",
+        demo_per_class=40,
+        cap=1300,
+        image_size=96,
+        preprocess_size=128,
+        batch_size=32,
+        epochs=6,
+        fine_tune_epochs=2,
+        learning_rate=1e-3,
+        study_epochs=8,
+        cnn_epochs=20,
+        cnn_min_epochs=10,
+    ),
+    "full": Profile(
+        "full",
+        demo_per_class=40,
+        cap=1300,
+        image_size=128,
+        preprocess_size=400,
+        batch_size=32,
+        epochs=10,
+        fine_tune_epochs=5,
+        learning_rate=1e-3,
+        study_epochs=10,
+        cnn_epochs=40,
+        cnn_min_epochs=15,
+    ),
 }
 
 
@@ -72,8 +106,9 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     """The profile ``name`` (default: ``$WBC_PROFILE`` or ``demo``), with fields overridden."""
     name = name or os.environ.get("WBC_PROFILE", "demo")
     if name not in PROFILES:
-        raise WbcError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} "
-                       "(set WBC_PROFILE or pass profile=...)")
+        raise WbcError(
+            f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} (set WBC_PROFILE or pass profile=...)"
+        )
     return replace(PROFILES[name], **overrides)
 
 
@@ -109,9 +144,11 @@ def resolve_data_dir(value: str | os.PathLike | None = None, *, must_exist: bool
     path = Path(given).expanduser().resolve()
     if (path.exists() or must_exist) and not path.is_dir():
         where = f"WBC_DATA_DIR={given!r}" if value is None else f"data folder {given}"
-        raise WbcError(f"{where} does not exist or is not a folder. Point it at the folder that holds "
-                       f"{PBC_DIRNAME}/, {LMU_DIRNAME}/ and/or {ALL_DIRNAME}/"
-                       + (", or unset it to use demo data." if value is None else "."))
+        raise WbcError(
+            f"{where} does not exist or is not a folder. Point it at the folder that holds "
+            f"{PBC_DIRNAME}/, {LMU_DIRNAME}/ and/or {ALL_DIRNAME}/"
+            + (", or unset it to use demo data." if value is None else ".")
+        )
     return path
 
 
@@ -119,8 +156,10 @@ def data_dir_argument(value: str | os.PathLike | None, *, must_exist: bool = Tru
     """The data folder a command works on (``--data-dir`` or ``$WBC_DATA_DIR``); one is required."""
     path = resolve_data_dir(value, must_exist=must_exist)
     if path is None:
-        raise WbcError("no data folder: pass --data-dir DIR or set WBC_DATA_DIR "
-                       "(python -m wbc demo --out DIR writes a small demo one)")
+        raise WbcError(
+            "no data folder: pass --data-dir DIR or set WBC_DATA_DIR "
+            "(python -m wbc demo --out DIR writes a small demo one)"
+        )
     return path
 
 

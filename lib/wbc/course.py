@@ -14,6 +14,7 @@ A stage output is reused while its recipe (``fileio.recipe_matches``: the settin
 digests of its inputs) is unchanged; a run while its key (settings, split files, training code)
 is. TensorFlow is imported inside functions only.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,11 @@ DEFAULT_SEED = 42
 DEMO_MARKER = ".wbc-demo-complete"  # written last by the demo generation: its absence means "redo"
 STAMP_NAME = "data-stamp.json"  # in work_dir: which demo data the stage outputs were built from
 NEEDS = {"pbc": ("PBC",), "lmu": ("LMU",), "all": ("ALL",), "wbc10": ("PBC", "LMU"), "all4": ("ALL",)}
-WHERE_TO_GET = {src: f"{REGISTRY[src.lower()].target}/ (doi {REGISTRY[src.lower()].doi}): "
-                     f"`python -m wbc download {src.lower()}`" for src in SOURCE_DIRS}
-_CURRENT: "Context | None" = None
+WHERE_TO_GET = {
+    src: f"{REGISTRY[src.lower()].target}/ (doi {REGISTRY[src.lower()].doi}): `python -m wbc download {src.lower()}`"
+    for src in SOURCE_DIRS
+}
+_CURRENT: Context | None = None
 
 
 @dataclass
@@ -70,9 +73,16 @@ class Context:
 # ----------------------------------------------------------------------------- setup
 
 
-def setup_notebook(title: str | None = None, *, profile: str | None = None, data_dir=None,
-                   seed: int | None = None, dataset: str | None = None, verbose: bool = True,
-                   **overrides) -> Context:
+def setup_notebook(
+    title: str | None = None,
+    *,
+    profile: str | None = None,
+    data_dir=None,
+    seed: int | None = None,
+    dataset: str | None = None,
+    verbose: bool = True,
+    **overrides,
+) -> Context:
     """Show versions, GPU check, profile and data source; set seeds; return the Context.
 
     ``overrides`` change profile fields (``image_size=64``, ``epochs=2``); ``None`` values keep
@@ -102,9 +112,17 @@ def setup_notebook(title: str | None = None, *, profile: str | None = None, data
     if is_demo:
         data = ensure_demo_data(prof.demo_per_class, say=say)
     present = available_datasets(data)
-    ctx = Context(profile=prof, data_dir=data, is_demo=is_demo, work_dir=config.work_dir(data, prof),
-                  figures_dir=config.output_dir() / "figures", seed=seed, datasets=present,
-                  dataset=(dataset or "wbc10").lower(), notebook=_slug(title))
+    ctx = Context(
+        profile=prof,
+        data_dir=data,
+        is_demo=is_demo,
+        work_dir=config.work_dir(data, prof),
+        figures_dir=config.output_dir() / "figures",
+        seed=seed,
+        datasets=present,
+        dataset=(dataset or "wbc10").lower(),
+        notebook=_slug(title),
+    )
     _check_name(ctx.dataset)
     if is_demo:
         _check_stamp(ctx)
@@ -114,8 +132,10 @@ def setup_notebook(title: str | None = None, *, profile: str | None = None, data
     say(f"Stage outputs: {ctx.work_dir}")
     missing = [src for src in NEEDS[ctx.dataset] if src not in present]
     if missing:
-        say(f"NOTE: dataset {ctx.dataset!r} needs {', '.join(missing)}, which is not in the data folder. "
-            "Get it with: " + "; ".join(WHERE_TO_GET[m] for m in missing))
+        say(
+            f"NOTE: dataset {ctx.dataset!r} needs {', '.join(missing)}, which is not in the data folder. "
+            "Get it with: " + "; ".join(WHERE_TO_GET[m] for m in missing)
+        )
     if is_demo:
         say(demo_banner())
     _CURRENT = ctx
@@ -125,9 +145,11 @@ def setup_notebook(title: str | None = None, *, profile: str | None = None, data
 def demo_banner() -> str:
     """The banner shown when the notebook runs on generated demo data."""
     line = "#" * 78
-    return (f"{line}\n#  DEMO DATA: synthetic images in the real folder layouts, NOT real blood cells.\n"
-            "#  Every number below describes the demo data only. For the real study, download the\n"
-            "#  datasets (notebook 02) and set WBC_DATA_DIR to their folder.\n" + line)
+    return (
+        f"{line}\n#  DEMO DATA: synthetic images in the real folder layouts, NOT real blood cells.\n"
+        "#  Every number below describes the demo data only. For the real study, download the\n"
+        "#  datasets (notebook 02) and set WBC_DATA_DIR to their folder.\n" + line
+    )
 
 
 def available_datasets(data_dir: Path) -> tuple[str, ...]:
@@ -164,17 +186,23 @@ def _describe_libraries(say) -> None:
     tf = import_tensorflow()  # first import: without TensorFlow's start-up log lines
     import keras
 
-    say(f"Python {platform.python_version()} | TensorFlow {tf.__version__} | Keras {keras.__version__} | "
-        f"NumPy {np.__version__} | pandas {pd.__version__} | OpenCV {cv2.__version__}")
+    say(
+        f"Python {platform.python_version()} | TensorFlow {tf.__version__} | Keras {keras.__version__} | "
+        f"NumPy {np.__version__} | pandas {pd.__version__} | OpenCV {cv2.__version__}"
+    )
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         say(f"GPU: {len(gpus)} found: " + ", ".join(g.name for g in gpus))
-        say("Mixed precision (float16 maths, float32 weights) speeds up training on GPUs with tensor "
-            "cores; notebook 10 switches it on with configure_device (keras.mixed_precision).")
+        say(
+            "Mixed precision (float16 maths, float32 weights) speeds up training on GPUs with tensor "
+            "cores; notebook 10 switches it on with configure_device (keras.mixed_precision)."
+        )
     else:
-        say("WARNING: no GPU found. Everything runs, but training on the CPU is slow: keep the 'ci' or "
+        say(
+            "WARNING: no GPU found. Everything runs, but training on the CPU is slow: keep the 'ci' or "
             "'demo' profile here. For a GPU: Colab: Runtime > Change runtime type > GPU; Kaggle: "
-            "Settings > Accelerator > GPU.")
+            "Settings > Accelerator > GPU."
+        )
         say("Mixed precision: off (on a CPU float16 maths is slower, not faster).")
 
 
@@ -188,8 +216,16 @@ def _configure_matplotlib() -> None:
         shell = None
     if shell is not None:
         shell.run_line_magic("matplotlib", "inline")
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "figure.figsize": (8, 4.5),
-                         "axes.grid": False, "axes.titlesize": 11, "image.cmap": "viridis"})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "savefig.dpi": 120,
+            "figure.figsize": (8, 4.5),
+            "axes.grid": False,
+            "axes.titlesize": 11,
+            "image.cmap": "viridis",
+        }
+    )
 
 
 def _slug(title: str | None) -> str:
@@ -253,8 +289,11 @@ def _require_sources(ctx: Context, name: str) -> None:
     if missing:
         raise WbcError(
             f"dataset {name!r} needs {', '.join(missing)}, but {ctx.data_dir} has no "
-            + " or ".join(f"{SOURCE_DIRS[m]}/" for m in missing) + " folder. Get it with: "
-            + "; ".join(WHERE_TO_GET[m] for m in missing) + ", then set WBC_DATA_DIR to the folder holding it.")
+            + " or ".join(f"{SOURCE_DIRS[m]}/" for m in missing)
+            + " folder. Get it with: "
+            + "; ".join(WHERE_TO_GET[m] for m in missing)
+            + ", then set WBC_DATA_DIR to the folder holding it."
+        )
 
 
 def _reuse(out: Path, recipe: dict, what: str, rebuild: bool, shown: Path | None = None) -> bool:
@@ -297,8 +336,10 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
         manifest, skipped = read_dataset(name, ctx.data_dir, **extra)
         write_csv_atomic(skipped, out.with_name(f"{name}-skipped.csv"))
         if len(skipped):
-            log.info(f"{name}: {len(skipped)} file(s) reported (see {name}-skipped.csv):\n"
-                     + "\n".join(f"  {row.path}: {row.reason}" for row in skipped.head(5).itertuples()))
+            log.info(
+                f"{name}: {len(skipped)} file(s) reported (see {name}-skipped.csv):\n"
+                + "\n".join(f"  {row.path}: {row.reason}" for row in skipped.head(5).itertuples())
+            )
     elif name == "wbc10":
         inputs = {src: ensure_manifest(ctx, src.lower(), rebuild) for src in ("PBC", "LMU") if src in ctx.datasets}
         recipe = {"cap": ctx.profile.cap, "seed": ctx.seed, **{k: _digest(p) for k, p in inputs.items()}}
@@ -308,8 +349,10 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
 
         for src in ("PBC", "LMU"):
             if src not in inputs:
-                log.info(f"NOTE: {SOURCE_DIRS[src]}/ is not in {ctx.data_dir}: wbc10 is built without it, so "
-                         f"classes only {src} provides are missing. Get it with: {WHERE_TO_GET[src]}")
+                log.info(
+                    f"NOTE: {SOURCE_DIRS[src]}/ is not in {ctx.data_dir}: wbc10 is built without it, so "
+                    f"classes only {src} provides are missing. Get it with: {WHERE_TO_GET[src]}"
+                )
         frames = {k: _read(p) for k, p in inputs.items()}
         manifest, excluded = build_wbc10(frames.get("PBC"), frames.get("LMU"), cap=ctx.profile.cap, seed=ctx.seed)
         write_csv_atomic(excluded, out.with_name("wbc10-excluded.csv"))
@@ -322,8 +365,10 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
         from wbc.merge import build_all4
 
         manifest, _ = build_all4(_read(source))
-        log.info("all4: the Original version of the ALL images (their Segmented copies show the same "
-                 "cells, so they are left out: one cell never appears twice)")
+        log.info(
+            "all4: the Original version of the ALL images (their Segmented copies show the same "
+            "cells, so they are left out: one cell never appears twice)"
+        )
     write_csv_atomic(manifest, out)
     write_recipe(out, recipe)
     log.info(f"manifest {name}: built {out} ({len(manifest)} images)")
@@ -384,8 +429,12 @@ def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False
 # the key changes: the run is trained again, never reused stale.
 
 TRAINING_CODE = ("configure_device", "augmentation_layers", "make_dataset", "fit_two_phase")
-BUILDERS = {"resnet50": "build_resnet50_transfer", "cnn1": "build_cnn1", "cnn2": "build_cnn2",
-            "small_resnet": "build_small_resnet"}
+BUILDERS = {
+    "resnet50": "build_resnet50_transfer",
+    "cnn1": "build_cnn1",
+    "cnn2": "build_cnn2",
+    "small_resnet": "build_small_resnet",
+}
 
 
 def main_run_config(ctx: Context, **overrides):
@@ -398,10 +447,19 @@ def main_run_config(ctx: Context, **overrides):
     from wbc.train import TrainConfig
 
     p = ctx.profile
-    settings = {"model": "resnet50", "weights": "auto", "image_size": p.image_size, "epochs": p.epochs,
-                "fine_tune_epochs": p.fine_tune_epochs, "batch_size": p.batch_size, "lr": p.learning_rate,
-                "fine_tune_lr": 1e-5, "patience": 5, "seed": ctx.seed,
-                **{k: v for k, v in overrides.items() if v is not None}}
+    settings = {
+        "model": "resnet50",
+        "weights": "auto",
+        "image_size": p.image_size,
+        "epochs": p.epochs,
+        "fine_tune_epochs": p.fine_tune_epochs,
+        "batch_size": p.batch_size,
+        "lr": p.learning_rate,
+        "fine_tune_lr": 1e-5,
+        "patience": 5,
+        "seed": ctx.seed,
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
     settings["weights"] = str(resolve_weights(settings["weights"]))
     return TrainConfig(**settings)
 
@@ -412,10 +470,17 @@ def baseline_config(ctx: Context, model: str, **overrides):
     from wbc.train import TrainConfig
 
     p = ctx.profile
-    settings = {"model": model, "weights": "none", "image_size": p.image_size, "epochs": p.cnn_epochs,
-                "min_epochs": min(p.cnn_min_epochs, p.cnn_epochs), "batch_size": p.batch_size,
-                "lr": p.learning_rate, "seed": ctx.seed,
-                **{k: v for k, v in overrides.items() if v is not None}}
+    settings = {
+        "model": model,
+        "weights": "none",
+        "image_size": p.image_size,
+        "epochs": p.cnn_epochs,
+        "min_epochs": min(p.cnn_min_epochs, p.cnn_epochs),
+        "batch_size": p.batch_size,
+        "lr": p.learning_rate,
+        "seed": ctx.seed,
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
     return TrainConfig(**settings)
 
 
@@ -450,8 +515,10 @@ def ensure_run(ctx: Context, name: str, cfg, split_dir: Path, namespace: dict | 
     log.info(f"{name}: training {cfg.model} into {run_dir} ...")
     train_model(split_dir, run_dir, cfg, overwrite=True, verbose=0)
     done = runs.read_config(run_dir)
-    log.info(f"{name}: done, best val_accuracy {done['best_val_accuracy']:.3f} at epoch "
-             f"{done['best_epoch']} (phase {done['best_phase']})")
+    log.info(
+        f"{name}: done, best val_accuracy {done['best_val_accuracy']:.3f} at epoch "
+        f"{done['best_epoch']} (phase {done['best_phase']})"
+    )
     return run_dir
 
 

@@ -21,13 +21,14 @@ byte-identical pair in ALL ``Pro`` (both versions) and a few images with a black
 
 Everything is deterministic from ``seed``: the same seed gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import struct
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -69,8 +70,9 @@ class _Item:
 # ----------------------------------------------------------------------------- public API
 
 
-def generate_demo(out: str | Path, per_class: int = 12, seed: int = 0, *, quirks: bool = True,
-                  progress: bool = False) -> pd.DataFrame:
+def generate_demo(
+    out: str | Path, per_class: int = 12, seed: int = 0, *, quirks: bool = True, progress: bool = False
+) -> pd.DataFrame:
     """Write the synthetic PBC, LMU and ALL datasets under ``out``; return what was written.
 
     ``per_class`` images go into every PBC folder *and* file-name prefix (so ``ig/`` gets four
@@ -100,8 +102,15 @@ def generate_demo(out: str | Path, per_class: int = 12, seed: int = 0, *, quirks
         path = out / SOURCE_DIRS[item.dataset] / item.folder / item.name
         data = _render_item(item, seed, rendered)
         _write_if_changed(path, data)
-        rows.append({"path": str(path), "dataset": item.dataset, "folder": item.folder,
-                     "label": item.label, "quirk": item.quirk})
+        rows.append(
+            {
+                "path": str(path),
+                "dataset": item.dataset,
+                "folder": item.folder,
+                "label": item.label,
+                "quirk": item.quirk,
+            }
+        )
     return pd.DataFrame(rows, columns=["path", "dataset", "folder", "label", "quirk"])
 
 
@@ -134,14 +143,17 @@ def _plan(per_class: int, seed: int, quirks: bool) -> list[_Item]:
                 items.append(_Item("PBC", folder, f"{prefix}_{next(ids)}.jpg", label, (0, d, p, i)))
     for d, (code, prefixes) in enumerate(SOURCES["LMU"].items()):
         numbers = _numbers(rng, max(RELEASE_COUNTS[code], per_class), per_class)
-        items += [_Item("LMU", code, f"{code}_{n:04d}.tiff", prefixes[code], (1, d, 0, i))
-                  for i, n in enumerate(numbers)]
+        items += [
+            _Item("LMU", code, f"{code}_{n:04d}.tiff", prefixes[code], (1, d, 0, i)) for i, n in enumerate(numbers)
+        ]
     for d, (klass, prefixes) in enumerate(SOURCES["ALL"].items()):
-        (stem, cell), = prefixes.items()
+        ((stem, cell),) = prefixes.items()
         numbers = _numbers(rng, max(RELEASE_COUNTS[klass], per_class + 1), per_class)
-        for v, version in enumerate(ALL_VERSIONS):
-            items += [_Item("ALL", f"{version}/{klass}", f"{stem}-{n:03d}.jpg", cell, (2, d, 0, i))
-                      for i, n in enumerate(numbers)]
+        for version in ALL_VERSIONS:
+            items += [
+                _Item("ALL", f"{version}/{klass}", f"{stem}-{n:03d}.jpg", cell, (2, d, 0, i))
+                for i, n in enumerate(numbers)
+            ]
     return _add_quirks(items, rng, next(ids)) if quirks else items
 
 
@@ -201,7 +213,8 @@ def _check_foreign_files(out: Path, plan: list[_Item]) -> None:
             raise WbcError(
                 f"{out} already holds {path.relative_to(out)}, which this demo generation would not "
                 "write (real data, or demo data of another size or seed). Choose an empty folder "
-                "or delete the old demo data first.")
+                "or delete the old demo data first."
+            )
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -252,14 +265,27 @@ def _encode_tiff_rgba(bgr: np.ndarray) -> bytes:
     bits_at = 8 + 2 + n_tags * 12 + 4
     data_at = bits_at + 8
     tags = [  # (tag, type, count, value); type 3 = SHORT, 4 = LONG
-        (256, 4, 1, w), (257, 4, 1, h), (258, 3, 4, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
-        (273, 4, 1, data_at), (277, 3, 1, 4), (278, 4, 1, h), (279, 4, 1, rgba.nbytes),
-        (284, 3, 1, 1), (338, 3, 1, 2),  # ExtraSamples = 2: unassociated alpha
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, 4, bits_at),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, data_at),
+        (277, 3, 1, 4),
+        (278, 4, 1, h),
+        (279, 4, 1, rgba.nbytes),
+        (284, 3, 1, 1),
+        (338, 3, 1, 2),  # ExtraSamples = 2: unassociated alpha
     ]
-    ifd = struct.pack("<H", n_tags) + b"".join(
-        struct.pack("<HHI", tag, typ, count) + (struct.pack("<HH", value, 0) if typ == 3 and count == 1
-                                                else struct.pack("<I", value))
-        for tag, typ, count, value in tags) + struct.pack("<I", 0)
+    ifd = (
+        struct.pack("<H", n_tags)
+        + b"".join(
+            struct.pack("<HHI", tag, typ, count)
+            + (struct.pack("<HH", value, 0) if typ == 3 and count == 1 else struct.pack("<I", value))
+            for tag, typ, count, value in tags
+        )
+        + struct.pack("<I", 0)
+    )
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<4H", 8, 8, 8, 8) + rgba.tobytes()
 
 
@@ -335,8 +361,9 @@ def _draw_all_field(cell_type: str, rng: np.random.Generator) -> tuple[np.ndarra
             if all(np.hypot(*(at - c)) > r + cr + 0.3 * rbc_r for c, cr in cells):
                 cells.append((at, r))
                 break
-    _draw_red_cells(image, style, rbc_r, rng.integers(*style["rbc_count"]),
-                    [(c, r + 0.3 * rbc_r) for c, r in cells], rng)
+    _draw_red_cells(
+        image, style, rbc_r, rng.integers(*style["rbc_count"]), [(c, r + 0.3 * rbc_r) for c, r in cells], rng
+    )
     mask = np.zeros((h, w), np.uint8)
     stain = rng.normal(0, 8, 3)
     for at, r in cells:
@@ -424,8 +451,14 @@ def _draw_cell(image, centre, cell_r, spec, style, rbc_r, stain, rng) -> None:
     for _ in range(int(rng.integers(*spec.get("vacuoles", (0, 1))))):
         at = c + rng.uniform(-0.6, 0.6, 2) * cell_r
         if cell[min(int(at[1]), cell.shape[0] - 1), min(int(at[0]), cell.shape[1] - 1)]:
-            cv2.circle(crop, _pt(at), max(2, int(cell_r * rng.uniform(0.05, 0.1))),
-                       _rgb((225, 215, 235), tint), -1, cv2.LINE_AA)
+            cv2.circle(
+                crop,
+                _pt(at),
+                max(2, int(cell_r * rng.uniform(0.05, 0.1))),
+                _rgb((225, 215, 235), tint),
+                -1,
+                cv2.LINE_AA,
+            )
     if spec["nucleus"] != "none":
         strength, grain = spec["chromatin"]
         colour = _rgb(spec["nucleus_rgb"], tint, stain + rng.normal(0, 6, 3))
@@ -515,8 +548,7 @@ def _draw_granules(crop, region, granules, tint, stain, scale, rng) -> None:
     count = int(coverage * len(xs) / (np.pi * r * r))
     layer = np.zeros_like(region)
     for idx in rng.integers(0, len(xs), size=count):
-        cv2.circle(layer, (int(xs[idx]), int(ys[idx])), int(round(r * rng.uniform(0.7, 1.2))), 255, -1,
-                   cv2.LINE_AA)
+        cv2.circle(layer, (int(xs[idx]), int(ys[idx])), int(round(r * rng.uniform(0.7, 1.2))), 255, -1, cv2.LINE_AA)
     layer = cv2.bitwise_and(layer, region)
     _paint(crop, layer, _rgb(colour, tint, stain + rng.normal(0, 6, 3)), None)
 
@@ -562,7 +594,7 @@ def _noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """A read-only window of standard normal noise of ``shape`` (2-D or 3-D with 3 channels)."""
     h, w = shape[:2]
     y, x = (int(v) for v in rng.integers(0, [_BANK - h + 1, _BANK - w + 1]))
-    window = _noise_bank()[y:y + h, x:x + w]
+    window = _noise_bank()[y : y + h, x : x + w]
     return window if len(shape) == 3 else window[..., int(rng.integers(3))]
 
 

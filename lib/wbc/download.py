@@ -14,6 +14,7 @@ download into a fresh temporary file and delete it on failure, so neither resume
 download, and the guarantees below (Range resume, restart on a wrong Content-Range, an oversize
 part file discarded) are what the reliability tests hold.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -25,10 +26,10 @@ import re
 import shutil
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from wbc.config import LMU_DIRNAME, resolve_data_dir
 from wbc.errors import DownloadError, LayoutError, WbcError
@@ -61,10 +62,18 @@ def _variant(key: str):
 def load_registry() -> dict[str, DatasetInfo]:
     """The registry from ``resources/datasets.json``."""
     entries = json.loads((resources.files("wbc") / "resources" / "datasets.json").read_text(encoding="utf-8"))
-    return {key: DatasetInfo(key=key, **{**e, "suffixes": tuple(e["suffixes"]),
-                                         "urls": {_variant(k): v for k, v in e["urls"].items()},
-                                         "md5": {_variant(k): v for k, v in e["md5"].items()}})
-            for key, e in entries.items()}
+    return {
+        key: DatasetInfo(
+            key=key,
+            **{
+                **e,
+                "suffixes": tuple(e["suffixes"]),
+                "urls": {_variant(k): v for k, v in e["urls"].items()},
+                "md5": {_variant(k): v for k, v in e["md5"].items()},
+            },
+        )
+        for key, e in entries.items()
+    }
 
 
 REGISTRY: dict[str, DatasetInfo] = load_registry()
@@ -76,13 +85,17 @@ BLOODMNIST_SPLITS: dict[str, int] = REGISTRY["bloodmnist"].counts
 #: Archive limits, checked from the zip directory BEFORE anything is extracted (settable per call
 #: and with --max-archive-gb / --max-archive-entries): the PBC archive unpacks to about 270 MB in
 #: 17,000 files, so these leave ample room and stop a zip bomb or a wrong file.
-MAX_ARCHIVE_BYTES = 20 * 1024 ** 3
+MAX_ARCHIVE_BYTES = 20 * 1024**3
 MAX_ARCHIVE_ENTRIES = 200_000
 RECORD_NAME = ".wbc-downloads.json"  # SHA-256 of the first verified archive, per dataset
 DOWNLOADS_DIRNAME = ".downloads"  # archives kept beside the extracted data
 DEFAULT_SAMPLE = 200  # images decoded per dataset unless verify_all
-ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
-               zipfile.ZIP_LZMA: "lzma"}
+ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
 
 
 class ChecksumError(DownloadError):
@@ -93,6 +106,7 @@ class ChecksumError(DownloadError):
 # Fetching
 # --------------------------------------------------------------------------------------------
 
+
 def _check_digests(path: Path, url: str, expected: dict[str, str], *, delete: bool) -> None:
     """Raise ChecksumError when ``path`` does not match every expected ``{algorithm: digest}``."""
     for algorithm, want in expected.items():
@@ -100,13 +114,16 @@ def _check_digests(path: Path, url: str, expected: dict[str, str], *, delete: bo
         if got != want.lower():
             if delete:
                 path.unlink(missing_ok=True)
-                what = ("The download was deleted. Run the command again to download it afresh; if it "
-                        "fails again, the file on the server is not the expected one: check the dataset "
-                        "page or give the right address with --url.")
+                what = (
+                    "The download was deleted. Run the command again to download it afresh; if it "
+                    "fails again, the file on the server is not the expected one: check the dataset "
+                    "page or give the right address with --url."
+                )
             else:
                 what = f"The file was left untouched: delete {path} and run the command again to download it afresh."
-            raise ChecksumError(f"checksum mismatch for {url} ({path.name}): expected {algorithm} "
-                                f"{want.lower()}, got {got}. {what}")
+            raise ChecksumError(
+                f"checksum mismatch for {url} ({path.name}): expected {algorithm} {want.lower()}, got {got}. {what}"
+            )
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -118,9 +135,16 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return (int(first) if first else None), (int(total) if total and total != "*" else None)
 
 
-def fetch_url(url: str, dest: str | os.PathLike, *, expected_md5: str | None = None,
-              expected_sha256: str | None = None, chunk: int = 1 << 20, progress: bool = True,
-              timeout: float = 60) -> Path:
+def fetch_url(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    expected_md5: str | None = None,
+    expected_sha256: str | None = None,
+    chunk: int = 1 << 20,
+    progress: bool = True,
+    timeout: float = 60,
+) -> Path:
     """Download ``url`` to ``dest``, resuming ``dest.part`` with an HTTP Range request.
 
     Only a complete file whose digests match is renamed to ``dest``; an interrupted download keeps
@@ -150,17 +174,22 @@ def fetch_url(url: str, dest: str | os.PathLike, *, expected_md5: str | None = N
             with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
                 first, remote = _content_range(resp.headers.get("Content-Range"))
                 if resp.status_code == 416 and offset:
-                    if remote == offset or (remote is None and expected and all(
-                            file_digest(part, a) == w.lower() for a, w in expected.items())):
+                    if remote == offset or (
+                        remote is None
+                        and expected
+                        and all(file_digest(part, a) == w.lower() for a, w in expected.items())
+                    ):
                         total = offset  # the part file already holds every byte
                         break
                     part.unlink(missing_ok=True)  # longer than the remote file (or unknown): fetch again
                     offset = 0
                     continue
                 if resp.status_code >= 400:
-                    raise DownloadError(f"download of {url} failed: HTTP {resp.status_code} {resp.reason}. "
-                                        "Check the address (or pass --url) and your network, then run "
-                                        "the command again.")
+                    raise DownloadError(
+                        f"download of {url} failed: HTTP {resp.status_code} {resp.reason}. "
+                        "Check the address (or pass --url) and your network, then run "
+                        "the command again."
+                    )
                 length = resp.headers.get("Content-Length")
                 length = int(length) if length and length.isdigit() else None
                 if resp.status_code == 206 and (first != offset or (remote is not None and remote < offset)):
@@ -171,36 +200,61 @@ def fetch_url(url: str, dest: str | os.PathLike, *, expected_md5: str | None = N
                 if not resumed:  # 200 (the whole file, whatever was asked) or a 206 from byte 0
                     part.unlink(missing_ok=True)
                     offset = 0
-                total = length if resp.status_code != 206 else \
-                    remote if remote is not None else (None if length is None else offset + length)
-                with open(part, "ab" if resumed else "xb") as fh, tqdm(
-                        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=dest.name, disable=not progress, leave=False) as bar:
+                total = (
+                    length
+                    if resp.status_code != 206
+                    else remote
+                    if remote is not None
+                    else (None if length is None else offset + length)
+                )
+                with (
+                    open(part, "ab" if resumed else "xb") as fh,
+                    tqdm(
+                        total=total,
+                        initial=offset,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        disable=not progress,
+                        leave=False,
+                    ) as bar,
+                ):
                     for block in resp.iter_content(chunk_size=chunk):
                         fh.write(block)
                         bar.update(len(block))
                 break
         else:
-            raise DownloadError(f"download of {url} failed: the server keeps answering with bytes that "
-                                "do not fit the partial file; it was deleted. Run the command again "
-                                "later, or pass another --url.")
+            raise DownloadError(
+                f"download of {url} failed: the server keeps answering with bytes that "
+                "do not fit the partial file; it was deleted. Run the command again "
+                "later, or pass another --url."
+            )
     except requests.RequestException as exc:
         have = part.stat().st_size if part.exists() else 0
-        raise DownloadError(f"download of {url} was interrupted after {have:,} bytes ({exc}). The partial "
-                            f"file {part} is kept: run the same command again to resume.") from exc
+        raise DownloadError(
+            f"download of {url} was interrupted after {have:,} bytes ({exc}). The partial "
+            f"file {part} is kept: run the same command again to resume."
+        ) from exc
     have = part.stat().st_size if part.exists() else 0
     if total is not None and have < total:
-        raise DownloadError(f"download of {url} ended early: {have:,} of {total:,} bytes. The partial "
-                            f"file {part} is kept: run the same command again to resume.")
+        raise DownloadError(
+            f"download of {url} ended early: {have:,} of {total:,} bytes. The partial "
+            f"file {part} is kept: run the same command again to resume."
+        )
     if total is not None and have > total:
         part.unlink(missing_ok=True)
-        raise DownloadError(f"download of {url} gave {have:,} bytes where the server announced "
-                            f"{total:,}; the file was deleted. Run the command again.")
+        raise DownloadError(
+            f"download of {url} gave {have:,} bytes where the server announced "
+            f"{total:,}; the file was deleted. Run the command again."
+        )
     _check_digests(part, url, expected, delete=True)
     if not expected and dest.suffix.lower() == ".zip" and not zipfile.is_zipfile(part):
-        raise DownloadError(f"download of {url} is not a complete zip archive ({have:,} bytes, no "
-                            f"checksum to compare). The partial file {part} is kept: run the same "
-                            "command again to resume, or delete it to start over.")
+        raise DownloadError(
+            f"download of {url} is not a complete zip archive ({have:,} bytes, no "
+            f"checksum to compare). The partial file {part} is kept: run the same "
+            "command again to resume, or delete it to start over."
+        )
     os.replace(part, dest)
     return dest
 
@@ -208,6 +262,7 @@ def fetch_url(url: str, dest: str | os.PathLike, *, expected_md5: str | None = N
 # --------------------------------------------------------------------------------------------
 # Verification
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class VerifyReport:
@@ -231,8 +286,9 @@ class VerifyReport:
 
     def differences(self) -> dict[str, tuple[int, int]]:
         """``{class: (found, published)}`` for every class whose count differs."""
-        return {name: (self.counts.get(name, 0), n) for name, n in self.expected.items()
-                if self.counts.get(name, 0) != n}
+        return {
+            name: (self.counts.get(name, 0), n) for name, n in self.expected.items() if self.counts.get(name, 0) != n
+        }
 
     @property
     def usable(self) -> bool:
@@ -247,8 +303,10 @@ class VerifyReport:
     def summary(self) -> str:
         """A few lines for people: counts, differences, unreadable and skipped files."""
         found, published = sum(self.counts.values()), sum(self.expected.values())
-        lines = [f"{self.dataset} at {self.root}: {len(self.counts)}/{len(self.expected)} class "
-                 f"folders, {found:,} files (full release: {published:,})"]
+        lines = [
+            f"{self.dataset} at {self.root}: {len(self.counts)}/{len(self.expected)} class "
+            f"folders, {found:,} files (full release: {published:,})"
+        ]
         if self.missing:
             lines.append(f"  missing class folders: {', '.join(self.missing)}")
         diffs = {k: v for k, v in self.differences().items() if k in self.counts}
@@ -268,9 +326,17 @@ class VerifyReport:
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
-def verify_folder(root: str | os.PathLike, expected: dict[str, int], dataset: str, *,
-                  suffixes: tuple[str, ...] = (".jpg",), verify_all: bool = False,
-                  sample: int = DEFAULT_SAMPLE, seed: int = 0, channels: int | None = None) -> VerifyReport:
+def verify_folder(
+    root: str | os.PathLike,
+    expected: dict[str, int],
+    dataset: str,
+    *,
+    suffixes: tuple[str, ...] = (".jpg",),
+    verify_all: bool = False,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    channels: int | None = None,
+) -> VerifyReport:
     """Count the files of each expected class folder under ``root`` and decode some (or all).
 
     Hidden files (PBC's macOS ``.DS_169665.jpg``) and files without an image suffix are skipped
@@ -302,8 +368,12 @@ def verify_folder(root: str | os.PathLike, expected: dict[str, int], dataset: st
     for ancestor in sorted(a for a in ancestors if (root / a).is_dir()):
         for child in sorted(p for p in (root / ancestor).iterdir() if p.is_dir()):
             rel = ancestor / child.name
-            if str(rel) not in expected and rel not in ancestors and not child.name.startswith(".") \
-                    and child.name != "__MACOSX":
+            if (
+                str(rel) not in expected
+                and rel not in ancestors
+                and not child.name.startswith(".")
+                and child.name != "__MACOSX"
+            ):
                 report.unexpected.append(str(rel))
     chosen = images if verify_all or len(images) <= sample else random.Random(seed).sample(images, sample)
     report.checked_all = len(chosen) == len(images)
@@ -318,15 +388,18 @@ def verify_folder(root: str | os.PathLike, expected: dict[str, int], dataset: st
         if channels is not None and (image.shape[2] if image.ndim == 3 else 1) != channels:
             wrong_channels.append(path)
     if channels is not None and chosen:
-        report.notes.append(f"{len(wrong_channels)} of {len(chosen)} decoded images do not have {channels} "
-                            f"channels, e.g. {wrong_channels[0]}" if wrong_channels else
-                            f"all {len(chosen)} decoded images have {channels} channels"
-                            + (" (RGBA)" if channels == 4 else ""))
+        report.notes.append(
+            f"{len(wrong_channels)} of {len(chosen)} decoded images do not have {channels} "
+            f"channels, e.g. {wrong_channels[0]}"
+            if wrong_channels
+            else f"all {len(chosen)} decoded images have {channels} channels" + (" (RGBA)" if channels == 4 else "")
+        )
     return report
 
 
-def verify_lmu(folder: str | os.PathLike, *, verify_all: bool = False,
-               sample: int = DEFAULT_SAMPLE, seed: int = 0) -> VerifyReport:
+def verify_lmu(
+    folder: str | os.PathLike, *, verify_all: bool = False, sample: int = DEFAULT_SAMPLE, seed: int = 0
+) -> VerifyReport:
     """Verify an AML-Cytomorphology_LMU folder: class codes, counts, readable RGBA TIFFs.
 
     Count differences (a partial download, a sample) are reported, not raised. LayoutError when
@@ -335,19 +408,25 @@ def verify_lmu(folder: str | os.PathLike, *, verify_all: bool = False,
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise LayoutError(f"{folder} is not a folder: expected the LMU class code folders "
-                          f"({', '.join(LMU_COUNTS)}) in it")
+        raise LayoutError(
+            f"{folder} is not a folder: expected the LMU class code folders ({', '.join(LMU_COUNTS)}) in it"
+        )
     if not any((folder / code).is_dir() for code in LMU_COUNTS):
         nested = _find_dir(folder, lambda d: any((d / c).is_dir() for c in LMU_COUNTS))
         if nested is not None:
-            raise LayoutError(f"the LMU class folders are in {nested}, not directly in {folder}. "
-                              f"Move them up one level (e.g. mv \"{nested}\"/* \"{folder}\"/) so "
-                              f"that {folder}/BAS/ exists, then run the verification again.")
-        raise LayoutError(f"{folder} holds none of the LMU class folders ({', '.join(LMU_COUNTS)}); "
-                          "point at the folder that contains them")
+            raise LayoutError(
+                f"the LMU class folders are in {nested}, not directly in {folder}. "
+                f'Move them up one level (e.g. mv "{nested}"/* "{folder}"/) so '
+                f"that {folder}/BAS/ exists, then run the verification again."
+            )
+        raise LayoutError(
+            f"{folder} holds none of the LMU class folders ({', '.join(LMU_COUNTS)}); "
+            "point at the folder that contains them"
+        )
     info = REGISTRY["lmu"]
-    return verify_folder(folder, info.counts, "LMU", suffixes=info.suffixes,
-                         verify_all=verify_all, sample=sample, seed=seed, channels=4)
+    return verify_folder(
+        folder, info.counts, "LMU", suffixes=info.suffixes, verify_all=verify_all, sample=sample, seed=seed, channels=4
+    )
 
 
 def npz_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -360,8 +439,11 @@ def npz_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
             for name in (n for n in zf.namelist() if n.endswith(".npy")):
                 with zf.open(name) as fh:
                     version = np.lib.format.read_magic(fh)
-                    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                              else np.lib.format.read_array_header_2_0)
+                    reader = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shapes[name[:-4]] = tuple(reader(fh)[0])
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise LayoutError(f"{path} is not a readable .npz file: {exc}") from exc
@@ -381,8 +463,9 @@ def verify_bloodmnist(path: str | os.PathLike, size: int = 28) -> VerifyReport:
         report.counts[split] = images[0]
         report.decoded += images[0]
         if tuple(images[1:]) != (size, size, 3) or labels[0] != images[0]:
-            report.unreadable.append((f"{path}:{split}", f"images {images}, labels {labels}; "
-                                      f"expected (N, {size}, {size}, 3) and (N, 1)"))
+            report.unreadable.append(
+                (f"{path}:{split}", f"images {images}, labels {labels}; expected (N, {size}, {size}, 3) and (N, 1)")
+            )
     return report
 
 
@@ -390,8 +473,15 @@ def verify_bloodmnist(path: str | os.PathLike, size: int = 28) -> VerifyReport:
 # Extraction
 # --------------------------------------------------------------------------------------------
 
-def check_archive(archive: Path, zf: zipfile.ZipFile, *, max_bytes: int = MAX_ARCHIVE_BYTES,
-                  max_entries: int = MAX_ARCHIVE_ENTRIES, dest: Path | None = None) -> None:
+
+def check_archive(
+    archive: Path,
+    zf: zipfile.ZipFile,
+    *,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_entries: int = MAX_ARCHIVE_ENTRIES,
+    dest: Path | None = None,
+) -> None:
     """Refuse, before anything is extracted, an archive that is unsafe or cannot be extracted:
     paths leaving the folder, symbolic links, more than ``max_entries`` entries or ``max_bytes``
     uncompressed bytes (from the zip directory: a zip bomb stops here), more than the free space
@@ -402,33 +492,47 @@ def check_archive(archive: Path, zf: zipfile.ZipFile, *, max_bytes: int = MAX_AR
         name = member.filename.replace("\\", "/")
         parts = PurePosixPath(name).parts
         if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
-            raise DownloadError(f"{archive}: refusing to extract {member.filename!r}: its path leaves the "
-                                "target folder (path traversal). This is not the expected dataset "
-                                "archive; delete it and download it again.")
+            raise DownloadError(
+                f"{archive}: refusing to extract {member.filename!r}: its path leaves the "
+                "target folder (path traversal). This is not the expected dataset "
+                "archive; delete it and download it again."
+            )
         if stat.S_ISLNK(member.external_attr >> 16):
-            raise DownloadError(f"{archive}: refusing to extract {member.filename!r}: it is a symbolic "
-                                "link. Delete the archive and download it again.")
+            raise DownloadError(
+                f"{archive}: refusing to extract {member.filename!r}: it is a symbolic "
+                "link. Delete the archive and download it again."
+            )
     if len(infos) > max_entries:
-        raise DownloadError(f"{archive}: {len(infos):,} entries, more than the limit of {max_entries:,} "
-                            f"(--max-archive-entries); not extracted. This is not the expected dataset "
-                            f"archive? {again}.")
+        raise DownloadError(
+            f"{archive}: {len(infos):,} entries, more than the limit of {max_entries:,} "
+            f"(--max-archive-entries); not extracted. This is not the expected dataset "
+            f"archive? {again}."
+        )
     total = sum(max(0, i.file_size) for i in infos)
     if total > max_bytes:
-        raise DownloadError(f"{archive}: unpacks to {total:,} bytes, more than the limit of {max_bytes:,} "
-                            f"(--max-archive-gb); not extracted. {again}, or raise the limit if the "
-                            "archive is right.")
+        raise DownloadError(
+            f"{archive}: unpacks to {total:,} bytes, more than the limit of {max_bytes:,} "
+            f"(--max-archive-gb); not extracted. {again}, or raise the limit if the "
+            "archive is right."
+        )
     if dest is not None and total > shutil.disk_usage(dest).free:
-        raise DownloadError(f"{archive}: unpacks to {total:,} bytes but only {shutil.disk_usage(dest).free:,} "
-                            f"are free in {dest}; not extracted. Free some space and run it again.")
+        raise DownloadError(
+            f"{archive}: unpacks to {total:,} bytes but only {shutil.disk_usage(dest).free:,} "
+            f"are free in {dest}; not extracted. Free some space and run it again."
+        )
     for info in infos:
         if info.flag_bits & 0x1:
-            raise DownloadError(f"{archive}: member {info.filename!r} is encrypted (password protected); "
-                                f"the dataset archives are not. {again}.")
+            raise DownloadError(
+                f"{archive}: member {info.filename!r} is encrypted (password protected); "
+                f"the dataset archives are not. {again}."
+            )
         if info.compress_type not in ZIP_METHODS:
-            raise DownloadError(f"{archive}: member {info.filename!r} uses compression method "
-                                f"{info.compress_type}, which cannot be extracted here (supported: "
-                                f"{', '.join(ZIP_METHODS.values())}). Unzip it with another tool "
-                                "(e.g. 7-Zip) and put the folder in place by hand.")
+            raise DownloadError(
+                f"{archive}: member {info.filename!r} uses compression method "
+                f"{info.compress_type}, which cannot be extracted here (supported: "
+                f"{', '.join(ZIP_METHODS.values())}). Unzip it with another tool "
+                "(e.g. 7-Zip) and put the folder in place by hand."
+            )
 
 
 def _unzip(archive: Path, dest: Path, **limits) -> None:
@@ -440,12 +544,15 @@ def _unzip(archive: Path, dest: Path, **limits) -> None:
             check_archive(archive, zf, dest=dest, **limits)
             zf.extractall(dest)
     except zipfile.BadZipFile as exc:
-        raise DownloadError(f"{archive} is not a valid zip archive or is damaged ({exc}); delete it "
-                            "and download it again") from exc
+        raise DownloadError(
+            f"{archive} is not a valid zip archive or is damaged ({exc}); delete it and download it again"
+        ) from exc
     except (NotImplementedError, RuntimeError, zlib.error, EOFError, ValueError) as exc:
-        raise DownloadError(f"{archive}: could not be extracted ({type(exc).__name__}: {exc}); delete it "
-                            "and download it again, or unzip it with another tool and put the folder "
-                            "in place by hand") from exc
+        raise DownloadError(
+            f"{archive}: could not be extracted ({type(exc).__name__}: {exc}); delete it "
+            "and download it again, or unzip it with another tool and put the folder "
+            "in place by hand"
+        ) from exc
 
 
 def _find_dir(top: Path, accept: Callable[[Path], bool], depth: int = 3) -> Path | None:
@@ -455,14 +562,24 @@ def _find_dir(top: Path, accept: Callable[[Path], bool], depth: int = 3) -> Path
         for folder in level:
             if accept(folder):
                 return folder
-        level = [c for f in level for c in sorted(f.iterdir())
-                 if c.is_dir() and c.name != "__MACOSX" and not c.name.startswith(".")]
+        level = [
+            c
+            for f in level
+            for c in sorted(f.iterdir())
+            if c.is_dir() and c.name != "__MACOSX" and not c.name.startswith(".")
+        ]
     return None
 
 
-def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, info: DatasetInfo, *,
-                    verify_all: bool = False, max_bytes: int = MAX_ARCHIVE_BYTES,
-                    max_entries: int = MAX_ARCHIVE_ENTRIES) -> VerifyReport:
+def extract_archive(
+    archive: str | os.PathLike,
+    target: str | os.PathLike,
+    info: DatasetInfo,
+    *,
+    verify_all: bool = False,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_entries: int = MAX_ARCHIVE_ENTRIES,
+) -> VerifyReport:
     """Extract a dataset zip so that ``target`` appears only once complete and verified.
 
     The archive is unpacked into a temporary folder beside ``target``; the dataset root is the
@@ -489,10 +606,12 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, info:
             _unzip(inner[0], tmp / ".inner", **limits)
             root = _find_dir(tmp / ".inner", accept)
         if root is None:
-            raise LayoutError(f"{archive} does not contain {target.name}/ (or its class folders "
-                              f"{', '.join(sorted(tops))}); its top level holds "
-                              f"{sorted(p.name for p in tmp.iterdir())}. Is it the right archive? Check "
-                              "the dataset page or pass --url.")
+            raise LayoutError(
+                f"{archive} does not contain {target.name}/ (or its class folders "
+                f"{', '.join(sorted(tops))}); its top level holds "
+                f"{sorted(p.name for p in tmp.iterdir())}. Is it the right archive? Check "
+                "the dataset page or pass --url."
+            )
         report = verify_folder(root, info.counts, info.key.upper(), suffixes=info.suffixes, verify_all=verify_all)
         if not report.usable:
             raise LayoutError(f"{archive} is incomplete or damaged; nothing was put in place.\n" + report.summary())
@@ -508,6 +627,7 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, info:
 # --------------------------------------------------------------------------------------------
 # Per-dataset downloads
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class DownloadResult:
@@ -547,16 +667,24 @@ def _existing(info: DatasetInfo, target: Path, verify_all: bool) -> DownloadResu
     """Report a dataset that is already in place; refuse to touch an unusable one."""
     report = verify_folder(target, info.counts, info.key.upper(), suffixes=info.suffixes, verify_all=verify_all)
     if not report.usable:
-        raise LayoutError(f"{target} exists but is incomplete or damaged; it was left untouched. Move it "
-                          "aside (or delete it) and run the command again to download a fresh copy.\n"
-                          + report.summary())
-    return DownloadResult(info.key, target, "already present", report,
-                          ["left as it is (delete or move it to download again)"])
+        raise LayoutError(
+            f"{target} exists but is incomplete or damaged; it was left untouched. Move it "
+            "aside (or delete it) and run the command again to download a fresh copy.\n" + report.summary()
+        )
+    return DownloadResult(
+        info.key, target, "already present", report, ["left as it is (delete or move it to download again)"]
+    )
 
 
-def download_pbc(data_dir: str | os.PathLike, *, url: str | None = None, verify_all: bool = False,
-                 progress: bool = True, max_archive_bytes: int = MAX_ARCHIVE_BYTES,
-                 max_archive_entries: int = MAX_ARCHIVE_ENTRIES) -> DownloadResult:
+def download_pbc(
+    data_dir: str | os.PathLike,
+    *,
+    url: str | None = None,
+    verify_all: bool = False,
+    progress: bool = True,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    max_archive_entries: int = MAX_ARCHIVE_ENTRIES,
+) -> DownloadResult:
     """Download the Mendeley PBC archive, verify its content and extract it into place (archive
     size and entry count checked against the limits first)."""
     info = REGISTRY["pbc"]
@@ -570,20 +698,31 @@ def download_pbc(data_dir: str | os.PathLike, *, url: str | None = None, verify_
     try:
         fetch_url(url, archive, expected_sha256=record and record["sha256"], progress=progress)
     except ChecksumError as exc:
-        raise ChecksumError(f"{exc}\nThe expected SHA-256 is the one recorded for the first verified "
-                            f"PBC archive in {data_dir / RECORD_NAME}; remove its 'pbc' entry if the "
-                            "dataset owner has published a new archive.") from exc
+        raise ChecksumError(
+            f"{exc}\nThe expected SHA-256 is the one recorded for the first verified "
+            f"PBC archive in {data_dir / RECORD_NAME}; remove its 'pbc' entry if the "
+            "dataset owner has published a new archive."
+        ) from exc
     try:
-        report = extract_archive(archive, target, info, verify_all=verify_all,
-                                 max_bytes=max_archive_bytes, max_entries=max_archive_entries)
+        report = extract_archive(
+            archive, target, info, verify_all=verify_all, max_bytes=max_archive_bytes, max_entries=max_archive_entries
+        )
     except (LayoutError, DownloadError) as exc:
-        raise type(exc)(f"{exc}\nThe archive is kept at {archive}: delete it before trying again "
-                        "(with --url for another address).") from exc
+        raise type(exc)(
+            f"{exc}\nThe archive is kept at {archive}: delete it before trying again (with --url for another address)."
+        ) from exc
     messages = [f"archive kept at {archive} (delete it to save space)"]
     if report.complete and record is None:
-        records = {**read_records(data_dir), info.key: {
-            "archive": archive.name, "url": url, "sha256": file_digest(archive, "sha256"),
-            "bytes": archive.stat().st_size, "verified": datetime.date.today().isoformat()}}
+        records = {
+            **read_records(data_dir),
+            info.key: {
+                "archive": archive.name,
+                "url": url,
+                "sha256": file_digest(archive, "sha256"),
+                "bytes": archive.stat().st_size,
+                "verified": datetime.date.today().isoformat(),
+            },
+        }
         write_text_atomic(data_dir / RECORD_NAME, json.dumps(records, indent=2, sort_keys=True) + "\n")
         messages.append(f"SHA-256 of the verified archive recorded in {data_dir / RECORD_NAME}")
     elif not report.complete:
@@ -592,12 +731,14 @@ def download_pbc(data_dir: str | os.PathLike, *, url: str | None = None, verify_
 
 
 def _kaggle_help(target: Path, exc: BaseException) -> str:
-    return (f"could not download the Kaggle ALL dataset with kagglehub ({type(exc).__name__}: {exc}).\n"
-            "Either set up Kaggle credentials: create an API token on https://www.kaggle.com/settings "
-            "(\"Create New Token\"), save kaggle.json as ~/.kaggle/kaggle.json (chmod 600) or export "
-            "KAGGLE_USERNAME and KAGGLE_KEY, then run the command again;\nor download it by hand from "
-            f"{REGISTRY['all'].page} (Download button), unzip it and put its Original/ and Segmented/ "
-            f"folders in {target}/ (so that {target}/Original/Benign/ exists).")
+    return (
+        f"could not download the Kaggle ALL dataset with kagglehub ({type(exc).__name__}: {exc}).\n"
+        "Either set up Kaggle credentials: create an API token on https://www.kaggle.com/settings "
+        '("Create New Token"), save kaggle.json as ~/.kaggle/kaggle.json (chmod 600) or export '
+        "KAGGLE_USERNAME and KAGGLE_KEY, then run the command again;\nor download it by hand from "
+        f"{REGISTRY['all'].page} (Download button), unzip it and put its Original/ and Segmented/ "
+        f"folders in {target}/ (so that {target}/Original/Benign/ exists)."
+    )
 
 
 def _check_cache_links(cache: Path) -> None:
@@ -612,11 +753,18 @@ def _check_cache_links(cache: Path) -> None:
             inside = real == str(cache) or real.startswith(str(cache) + os.sep)
             loop = os.path.isdir(real) and (str(path) + os.sep).startswith(real + os.sep)
             if not inside or not os.path.exists(real) or loop:
-                where = ("points nowhere" if not os.path.exists(real) else
-                         f"points outside it, to {real}" if not inside else "points to a folder above it")
-                raise DownloadError(f"the Kaggle download holds a symbolic link {display_path(path)} that "
-                                    f"{where} (cache {cache}); refusing to copy it. Delete the kagglehub "
-                                    "cache and download again, or put the folders in place by hand.")
+                where = (
+                    "points nowhere"
+                    if not os.path.exists(real)
+                    else f"points outside it, to {real}"
+                    if not inside
+                    else "points to a folder above it"
+                )
+                raise DownloadError(
+                    f"the Kaggle download holds a symbolic link {display_path(path)} that "
+                    f"{where} (cache {cache}); refusing to copy it. Delete the kagglehub "
+                    "cache and download again, or put the folders in place by hand."
+                )
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -644,9 +792,11 @@ def download_all(data_dir: str | os.PathLike, *, verify_all: bool = False, progr
     wanted = {v.casefold(): v for v in ALL_VERSIONS}
     root = _find_dir(source, lambda d: wanted.keys() <= {c.name.casefold() for c in d.iterdir() if c.is_dir()})
     if root is None:
-        raise LayoutError(f"kagglehub returned {source}, which holds no Original/ and Segmented/ folders "
-                          f"(top level: {sorted(p.name for p in source.iterdir())}). "
-                          + _kaggle_help(target, LayoutError("unexpected layout")))
+        raise LayoutError(
+            f"kagglehub returned {source}, which holds no Original/ and Segmented/ folders "
+            f"(top level: {sorted(p.name for p in source.iterdir())}). "
+            + _kaggle_help(target, LayoutError("unexpected layout"))
+        )
     cache = Path(os.path.realpath(source))
     _check_cache_links(cache)
     tmp = temporary_sibling(target, "copy")
@@ -659,18 +809,21 @@ def download_all(data_dir: str | os.PathLike, *, verify_all: bool = False, progr
                 folder.rename(version / classes[folder.name.casefold()])
         report = verify_folder(tmp, info.counts, "ALL", suffixes=info.suffixes, verify_all=verify_all)
         if not report.usable:
-            raise LayoutError(f"the Kaggle download in {root} is incomplete or damaged; nothing was put "
-                              f"in place.\n{report.summary()}")
+            raise LayoutError(
+                f"the Kaggle download in {root} is incomplete or damaged; nothing was put in place.\n{report.summary()}"
+            )
         os.replace(tmp, target)
         report.root = target
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return DownloadResult(info.key, target, "downloaded", report,
-                          [f"files linked (or copied) from the kagglehub cache {root}"])
+    return DownloadResult(
+        info.key, target, "downloaded", report, [f"files linked (or copied) from the kagglehub cache {root}"]
+    )
 
 
-def download_bloodmnist(data_dir: str | os.PathLike, *, size: int = 28, url: str | None = None,
-                        progress: bool = True) -> DownloadResult:
+def download_bloodmnist(
+    data_dir: str | os.PathLike, *, size: int = 28, url: str | None = None, progress: bool = True
+) -> DownloadResult:
     """Download ``bloodmnist[_SIZE].npz`` from Zenodo and check its published MD5 and shapes."""
     info = REGISTRY["bloodmnist"]
     if size not in info.urls:
@@ -696,7 +849,7 @@ plain HTTPS file, so it is downloaded by hand (about 11 GB, 18,365 TIFF images):
      or the NBIA Data Retriever with the page's .tcia manifest).
   3. Unpack it and move the folder that holds the 15 class folders (BAS, EBO, ... PMO) to
        {target}
-     so that {target / 'BAS'} exists
+     so that {target / "BAS"} exists
      (the archive may wrap them in one or two extra folders).
   4. Verify it:  python -m wbc download lmu --data-dir {Path(data_dir)} [--verify-all]"""
 
@@ -706,14 +859,19 @@ def download_lmu(data_dir: str | os.PathLike, *, verify_all: bool = False) -> Do
     data_dir = _data_dir(data_dir, create=False)
     target = data_dir / LMU_DIRNAME
     if not target.is_dir():
-        raise DownloadError(f"{target} not found: download the collection as described in "
-                            "lmu_instructions (python -m wbc download lmu prints it), put it there and "
-                            "run the command again to verify it")
+        raise DownloadError(
+            f"{target} not found: download the collection as described in "
+            "lmu_instructions (python -m wbc download lmu prints it), put it there and "
+            "run the command again to verify it"
+        )
     return DownloadResult("lmu", target, "verified", verify_lmu(target, verify_all=verify_all))
 
 
 DOWNLOADERS: dict[str, Callable[..., DownloadResult]] = {
-    "pbc": download_pbc, "all": download_all, "bloodmnist": download_bloodmnist, "lmu": download_lmu,
+    "pbc": download_pbc,
+    "all": download_all,
+    "bloodmnist": download_bloodmnist,
+    "lmu": download_lmu,
 }
 
 

@@ -5,9 +5,10 @@ class names and returns it (it displays itself as a notebook cell's result). Tab
 DataFrames. Images are sampled per group with a seed, so figures are reproducible and cheap on
 the full datasets; images that cannot be read are listed, never silently dropped.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,8 +26,9 @@ def class_counts(manifest: pd.DataFrame, by: str = "source", label: str = "label
     return table.rename_axis(index=label, columns=by)
 
 
-def sample_groups(manifest: pd.DataFrame, n: int, by: Sequence[str] = ("label", "source"),
-                  seed: int = 0) -> pd.DataFrame:
+def sample_groups(
+    manifest: pd.DataFrame, n: int, by: Sequence[str] = ("label", "source"), seed: int = 0
+) -> pd.DataFrame:
     """Up to ``n`` rows per group (sampled with ``seed``), groups in sorted order."""
     parts = [grp.sample(min(n, len(grp)), random_state=seed) for _, grp in manifest.groupby(list(by), sort=True)]
     return pd.concat(parts, ignore_index=True) if parts else manifest.head(0)
@@ -42,8 +44,9 @@ def class_order(names: Sequence[str]) -> list[str]:
     return known + sorted(set(names) - set(known))
 
 
-def plot_class_distribution(manifest: pd.DataFrame, by: str = "source", label: str = "label",
-                            title: str = "Images per class") -> Figure:
+def plot_class_distribution(
+    manifest: pd.DataFrame, by: str = "source", label: str = "label", title: str = "Images per class"
+) -> Figure:
     """Grouped horizontal bars: images per class, one colour per ``by`` value (source or version).
 
     Classes run top to bottom in the order of the published tables (:func:`class_order`); the
@@ -63,8 +66,14 @@ def plot_class_distribution(manifest: pd.DataFrame, by: str = "source", label: s
     return fig
 
 
-def plot_preview_grid(manifest: pd.DataFrame, per_group: int = 3, by: str = "source",
-                      label: str = "label", seed: int = 0, title: str = "Examples per class") -> Figure:
+def plot_preview_grid(
+    manifest: pd.DataFrame,
+    per_group: int = 3,
+    by: str = "source",
+    label: str = "label",
+    seed: int = 0,
+    title: str = "Examples per class",
+) -> Figure:
     """One row per class, ``per_group`` images of each ``by`` value side by side, captioned."""
     sample = sample_groups(manifest, per_group, (label, by), seed)
     classes = class_order(sample[label].unique())
@@ -88,8 +97,9 @@ def plot_preview_grid(manifest: pd.DataFrame, per_group: int = 3, by: str = "sou
     return fig
 
 
-def image_stats(manifest: pd.DataFrame, per_group: int | None = 40, by: str = "source",
-                label: str = "label", seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def image_stats(
+    manifest: pd.DataFrame, per_group: int | None = 40, by: str = "source", label: str = "label", seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-image raw size, channels, bit depth, mean brightness and mean R/G/B, on a sample.
 
     Returns ``(stats, unreadable)``; ``unreadable`` lists ``path, reason`` of files that failed.
@@ -111,11 +121,21 @@ def image_stats(manifest: pd.DataFrame, per_group: int | None = 40, by: str = "s
             failed.append({"path": record["path"], "reason": str(exc)})
             continue
         means = rgb.reshape(-1, 3).mean(axis=0)
-        stats.append({"path": record["path"], by: record[by], label: record[label],
-                      "width": raw.shape[1], "height": raw.shape[0],
-                      "channels": 1 if raw.ndim == 2 else raw.shape[2], "dtype": str(raw.dtype),
-                      "brightness": float(rgb.mean()), "mean_red": means[0],
-                      "mean_green": means[1], "mean_blue": means[2]})
+        stats.append(
+            {
+                "path": record["path"],
+                by: record[by],
+                label: record[label],
+                "width": raw.shape[1],
+                "height": raw.shape[0],
+                "channels": 1 if raw.ndim == 2 else raw.shape[2],
+                "dtype": str(raw.dtype),
+                "brightness": float(rgb.mean()),
+                "mean_red": means[0],
+                "mean_green": means[1],
+                "mean_blue": means[2],
+            }
+        )
     return pd.DataFrame(stats), pd.DataFrame(failed, columns=["path", "reason"])
 
 
@@ -125,8 +145,9 @@ def image_size_table(stats: pd.DataFrame, by: str = "source") -> pd.DataFrame:
     return stats.groupby(keys).size().rename("images").reset_index()
 
 
-def plot_brightness_histograms(stats: pd.DataFrame, by: str = "source", bins: int = 30,
-                               title: str = "Mean brightness per image") -> Figure:
+def plot_brightness_histograms(
+    stats: pd.DataFrame, by: str = "source", bins: int = 30, title: str = "Mean brightness per image"
+) -> Figure:
     """Overlaid histograms of per-image mean brightness (0-255), one per ``by`` value."""
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
@@ -137,8 +158,9 @@ def plot_brightness_histograms(stats: pd.DataFrame, by: str = "source", bins: in
     return fig
 
 
-def colour_histograms(manifest: pd.DataFrame, by: str = "source", per_group: int = 20,
-                      bins: int = 32, seed: int = 0) -> pd.DataFrame:
+def colour_histograms(
+    manifest: pd.DataFrame, by: str = "source", per_group: int = 20, bins: int = 32, seed: int = 0
+) -> pd.DataFrame:
     """Pixel histograms per ``by`` value and channel (fraction of pixels per bin), on a sample."""
     sample = sample_groups(manifest, per_group, (by,), seed)
     edges = np.linspace(0, 256, bins + 1)
@@ -150,13 +172,13 @@ def colour_histograms(manifest: pd.DataFrame, by: str = "source", per_group: int
             totals += [np.histogram(pixels[:, c], bins=edges)[0] for c in range(3)]
         totals /= totals.sum(axis=1, keepdims=True)
         for c, channel in enumerate(CHANNELS):
-            rows += [{by: group, "channel": channel, "bin_start": edges[i], "fraction": totals[c, i]}
-                     for i in range(bins)]
+            rows += [
+                {by: group, "channel": channel, "bin_start": edges[i], "fraction": totals[c, i]} for i in range(bins)
+            ]
     return pd.DataFrame(rows)
 
 
-def plot_colour_histograms(hist: pd.DataFrame, by: str = "source",
-                           title: str = "Pixel colour distribution") -> Figure:
+def plot_colour_histograms(hist: pd.DataFrame, by: str = "source", title: str = "Pixel colour distribution") -> Figure:
     """One panel per ``by`` value with the red, green and blue pixel histograms."""
     groups = sorted(hist[by].unique())
     fig = Figure(figsize=(4 * len(groups), 3.6), layout="constrained")  # room for the suptitle

@@ -10,13 +10,15 @@ loss, F1, balanced accuracy, AUC, bootstrap 95 % intervals, per-class figures), 
 mistakes). Every file is written atomically. ``classify_images`` predicts image files (any
 format ``wbc.images`` reads) with the run's preprocessing.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -36,7 +38,7 @@ DISPLAY_SIZE = 128  # pixel size of the gallery thumbnails
 PREDICT_CHUNK = 256  # images read and predicted at a time by classify_images
 
 
-def open_run(run_dir: str | os.PathLike) -> tuple["keras.Model", dict]:
+def open_run(run_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     """``(model, config)`` of a run folder (``runs.load_run``), with the keys evaluation needs."""
     from wbc.runs import load_run
 
@@ -47,8 +49,12 @@ def open_run(run_dir: str | os.PathLike) -> tuple["keras.Model", dict]:
     return model, config
 
 
-def evaluation_dir(run_dir: str | os.PathLike, split: str = "test", split_dir: str | os.PathLike | None = None,
-                   config: dict | None = None) -> Path:
+def evaluation_dir(
+    run_dir: str | os.PathLike,
+    split: str = "test",
+    split_dir: str | os.PathLike | None = None,
+    config: dict | None = None,
+) -> Path:
     """Where :func:`evaluate_run` writes: ``evaluation/<split>`` for the run's own split folder,
     ``evaluation/<folder name>-<split>`` for another one."""
     own = (config or {}).get("split_dir")
@@ -68,6 +74,7 @@ def _split_dir(config: dict, split_dir: str | os.PathLike | None, run_dir: Path)
 
 # ----------------------------------------------------------------------------- predictions
 
+
 def _predict(model, dataset_or_images, paths: Sequence[str]) -> np.ndarray:
     """``model.predict`` as float64, naming undecodable files instead of a TensorFlow trace."""
     import tensorflow as tf
@@ -82,21 +89,26 @@ def _predict(model, dataset_or_images, paths: Sequence[str]) -> np.ndarray:
 
 
 def _prediction_frame(paths: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    frame = pd.DataFrame({"path": list(paths), "predicted_label": [classes[i] for i in probs.argmax(axis=1)],
-                          "confidence": probs.max(axis=1)})
+    frame = pd.DataFrame(
+        {
+            "path": list(paths),
+            "predicted_label": [classes[i] for i in probs.argmax(axis=1)],
+            "confidence": probs.max(axis=1),
+        }
+    )
     return frame.join(pd.DataFrame(probs, columns=[f"p_{c}" for c in classes]))
 
 
-def predict_split(run_dir: str | os.PathLike, split: str = "test",
-                  split_dir: str | os.PathLike | None = None, batch_size: int = 64) -> pd.DataFrame:
+def predict_split(
+    run_dir: str | os.PathLike, split: str = "test", split_dir: str | os.PathLike | None = None, batch_size: int = 64
+) -> pd.DataFrame:
     """Predict every image of a split: columns ``path``, ``true_label``, ``predicted_label``,
     ``confidence`` (probability of the predicted class), ``correct`` and ``p_<class>`` per class."""
     model, config = open_run(run_dir)
     return predict_frame(model, config, split, _split_dir(config, split_dir, Path(run_dir)), batch_size)
 
 
-def predict_frame(model, config: dict, split: str, split_dir: str | os.PathLike,
-                  batch_size: int = 64) -> pd.DataFrame:
+def predict_frame(model, config: dict, split: str, split_dir: str | os.PathLike, batch_size: int = 64) -> pd.DataFrame:
     """:func:`predict_split` for a model already in memory and its run configuration."""
     from wbc.pipeline import load_split, split_dataset
 
@@ -121,33 +133,44 @@ def probabilities(predictions: pd.DataFrame, classes: Sequence[str]) -> tuple[np
 
 # ----------------------------------------------------------------------------- reports
 
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a GitHub Markdown table (floats with 3 decimals, missing values as n/a)."""
+
     def cell(value) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "n/a"
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.astype(object).to_numpy()]
-    return "\n".join(["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "|".join("---" for _ in frame.columns)
-                      + "|", *rows])
+    return "\n".join(
+        ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "|".join("---" for _ in frame.columns) + "|", *rows]
+    )
 
 
 def report_markdown(metrics: dict, report_text: str) -> str:
     """``report.md``: summary with 95 % intervals, per-class table, classification report."""
     ci = {m: f"{low:.3f} - {high:.3f}" for m, (low, high) in metrics["ci95"].items()}
-    summary = pd.DataFrame([
-        ("accuracy", metrics["accuracy"], ci["accuracy"]), ("macro F1", metrics["macro_f1"], ci["macro_f1"]),
-        ("weighted F1", metrics["weighted_f1"], ""), ("balanced accuracy", metrics["balanced_accuracy"], ""),
-        ("loss (cross-entropy)", metrics["loss"], ""), ("AUC macro (one-vs-rest)", metrics["auc_macro"], ""),
-        ("AUC micro", metrics["auc_micro"], ""),
-    ], columns=["metric", "value", "95% CI (bootstrap)"])
+    summary = pd.DataFrame(
+        [
+            ("accuracy", metrics["accuracy"], ci["accuracy"]),
+            ("macro F1", metrics["macro_f1"], ci["macro_f1"]),
+            ("weighted F1", metrics["weighted_f1"], ""),
+            ("balanced accuracy", metrics["balanced_accuracy"], ""),
+            ("loss (cross-entropy)", metrics["loss"], ""),
+            ("AUC macro (one-vs-rest)", metrics["auc_macro"], ""),
+            ("AUC micro", metrics["auc_micro"], ""),
+        ],
+        columns=["metric", "value", "95% CI (bootstrap)"],
+    )
     notes = "".join(f"- {note}\n" for note in metrics["notes"])
-    return (f"# Evaluation: {metrics['split']} split, {metrics['n_images']} images\n\n"
-            f"Run: `{metrics['run_dir']}`  \nSplit folder: `{metrics['split_dir']}`\n\n"
-            f"{markdown_table(summary)}\n\n## Per class\n\n{markdown_table(per_class_table(metrics))}\n\n"
-            + (f"## Notes\n\n{notes}\n" if notes else "")
-            + f"## scikit-learn classification report\n\n```\n{report_text}```\n")
+    return (
+        f"# Evaluation: {metrics['split']} split, {metrics['n_images']} images\n\n"
+        f"Run: `{metrics['run_dir']}`  \nSplit folder: `{metrics['split_dir']}`\n\n"
+        f"{markdown_table(summary)}\n\n## Per class\n\n{markdown_table(per_class_table(metrics))}\n\n"
+        + (f"## Notes\n\n{notes}\n" if notes else "")
+        + f"## scikit-learn classification report\n\n```\n{report_text}```\n"
+    )
 
 
 def write_figures(out: Path, run_dir: Path, predictions: pd.DataFrame, metrics: dict) -> list[str]:
@@ -164,20 +187,34 @@ def write_figures(out: Path, run_dir: Path, predictions: pd.DataFrame, metrics: 
     else:
         notes.append(f"{run_dir / 'history.csv'} not found: curves.png not drawn")
     plot_confusion_matrix(confusion(y, probs.argmax(1), len(classes)), classes, path=out / "confusion.png")
-    plot_confusion_matrix(confusion(y, probs.argmax(1), len(classes), normalise="true"), classes, normalised=True,
-                          path=out / "confusion_normalised.png")
+    plot_confusion_matrix(
+        confusion(y, probs.argmax(1), len(classes), normalise="true"),
+        classes,
+        normalised=True,
+        path=out / "confusion_normalised.png",
+    )
     plot_roc(y, probs, classes, path=out / "roc.png")
     wrong = predictions[~predictions["correct"]].sort_values("confidence", ascending=False).head(MAX_GALLERY)
-    plot_image_gallery(load_raw_images(wrong["path"].tolist(), DISPLAY_SIZE) if len(wrong) else [],
-                       [f"true: {t}\npred: {p} ({c:.2f})" for t, p, c in
-                        zip(wrong["true_label"], wrong["predicted_label"], wrong["confidence"])],
-                       ncols=4, path=out / "errors.png", title=f"Misclassified images, most confident first "
-                       f"({len(wrong)} of {int((~predictions['correct']).sum())})")
+    plot_image_gallery(
+        load_raw_images(wrong["path"].tolist(), DISPLAY_SIZE) if len(wrong) else [],
+        [
+            f"true: {t}\npred: {p} ({c:.2f})"
+            for t, p, c in zip(wrong["true_label"], wrong["predicted_label"], wrong["confidence"])
+        ],
+        ncols=4,
+        path=out / "errors.png",
+        title=f"Misclassified images, most confident first ({len(wrong)} of {int((~predictions['correct']).sum())})",
+    )
     return notes
 
 
-def evaluate_run(run_dir: str | os.PathLike, split: str = "test", split_dir: str | os.PathLike | None = None,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    split: str = "test",
+    split_dir: str | os.PathLike | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Evaluate a run on one split, holding the run folder's lock; writes metrics, tables, predictions
     and figures (see the module docstring) and returns ``metrics.json``'s content plus ``out_dir``."""
     run_dir = Path(run_dir)
@@ -190,9 +227,16 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", split_dir: str
         predictions = predict_frame(model, config, split, chosen)
         y, probs = probabilities(predictions, classes)
         metrics = compute_metrics(y, probs, classes)
-        metrics["ci95"] = {m: list(bootstrap_ci(y, probs, m, n_boot=n_boot, seed=seed)) for m in ("accuracy", "macro_f1")}
-        metrics.update(split=split, split_dir=str(chosen.resolve()), run_dir=str(run_dir.resolve()),
-                       model=config.get("model"), n_boot=n_boot)
+        metrics["ci95"] = {
+            m: list(bootstrap_ci(y, probs, m, n_boot=n_boot, seed=seed)) for m in ("accuracy", "macro_f1")
+        }
+        metrics.update(
+            split=split,
+            split_dir=str(chosen.resolve()),
+            run_dir=str(run_dir.resolve()),
+            model=config.get("model"),
+            n_boot=n_boot,
+        )
         write_csv_atomic(predictions, out / "predictions.csv")
         write_csv_atomic(per_class_table(metrics), out / "report.csv")
         for name, normalise in (("confusion_counts.csv", None), ("confusion_normalised.csv", "true")):
@@ -205,6 +249,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", split_dir: str
 
 
 # ----------------------------------------------------------------------------- new images
+
 
 def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """The files named, plus every image file (by suffix) inside the folders named, sorted."""
@@ -241,15 +286,17 @@ def read_model_input(path: str | os.PathLike, image_size: int, preprocess: dict 
     return np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8)
 
 
-def predict_images(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], top_k: int = 3,
-                   skip_unreadable: bool = False) -> pd.DataFrame:
+def predict_images(
+    run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], top_k: int = 3, skip_unreadable: bool = False
+) -> pd.DataFrame:
     """Classify image files or folders with a trained run (see :func:`classify_images`)."""
     model, config = open_run(run_dir)
     return classify_images(model, config, paths, top_k, skip_unreadable)
 
 
-def classify_images(model, config: dict, paths: Sequence[str | os.PathLike], top_k: int = 3,
-                    skip_unreadable: bool = False) -> pd.DataFrame:
+def classify_images(
+    model, config: dict, paths: Sequence[str | os.PathLike], top_k: int = 3, skip_unreadable: bool = False
+) -> pd.DataFrame:
     """Classify image files or folders with a model in memory and its run configuration.
 
     Columns: ``path``, ``predicted_label``, ``confidence``, ``top<i>_label`` / ``top<i>_prob`` for
@@ -266,7 +313,7 @@ def classify_images(model, config: dict, paths: Sequence[str | os.PathLike], top
     rows, errors = [], []
     for start in range(0, len(files), PREDICT_CHUNK):
         good, pixels = [], []
-        for path in files[start:start + PREDICT_CHUNK]:
+        for path in files[start : start + PREDICT_CHUNK]:
             try:
                 pixels.append(read_model_input(path, size, config.get("preprocess")))
                 good.append(str(path))
@@ -284,6 +331,7 @@ def classify_images(model, config: dict, paths: Sequence[str | os.PathLike], top
         frame.insert(4 + 2 * i, f"top{i + 1}_prob", probs[np.arange(len(frame)), order[:, i]])
     frame["error"] = ""
     if errors:
-        frame = pd.concat([frame, pd.DataFrame({"path": [p for p, _ in errors], "error": [w for _, w in errors]})],
-                          ignore_index=True)
+        frame = pd.concat(
+            [frame, pd.DataFrame({"path": [p for p, _ in errors], "error": [w for _, w in errors]})], ignore_index=True
+        )
     return frame

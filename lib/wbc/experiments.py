@@ -10,12 +10,14 @@
 The external-validation split (train on PBC, test on LMU) is a split: ``wbc.split.build_external_split``
 (also reachable here, as notebook 13 calls it). TensorFlow is never imported here.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -26,9 +28,14 @@ from wbc.split import ExternalSplit, build_external_split, shared_classes  # noq
 
 def generalisation_gap(history: pd.DataFrame) -> pd.DataFrame:
     """Per epoch: training and validation accuracy and their gap (a growing gap = over-fitting)."""
-    table = pd.DataFrame({"epoch": range(1, len(history) + 1),
-                          "phase": history["phase"] if "phase" in history else 1,
-                          "accuracy": history["accuracy"], "val_accuracy": history["val_accuracy"]})
+    table = pd.DataFrame(
+        {
+            "epoch": range(1, len(history) + 1),
+            "phase": history["phase"] if "phase" in history else 1,
+            "accuracy": history["accuracy"],
+            "val_accuracy": history["val_accuracy"],
+        }
+    )
     table["gap"] = table["accuracy"] - table["val_accuracy"]
     return table.round(4).reset_index(drop=True)
 
@@ -39,19 +46,65 @@ def generalisation_gap(history: pd.DataFrame) -> pd.DataFrame:
 
 # The two reference studies' own test results (Study A: Table and text of the paper; Study B: Tabla 1).
 PUBLISHED = [
-    {"study": "Study A", "task": "wbc10", "model": "ResNet50 (ImageNet) + dense head", "accuracy": 0.9027,
-     "macro_f1": 0.88, "data": "PBC + LMU, 12,450 images (test 997)", "image_size": 128, "epochs": 10,
-     "framework": "Keras / TensorFlow"},
-    {"study": "Study B", "task": "all4", "model": "CNN1", "accuracy": 0.7798, "macro_f1": 0.7527,
-     "data": "ALL Kaggle, 3,256 images", "image_size": 224, "epochs": 100, "framework": "PyTorch"},
-    {"study": "Study B", "task": "all4", "model": "CNN2", "accuracy": 0.8318, "macro_f1": 0.7982,
-     "data": "ALL Kaggle, 3,256 images", "image_size": 224, "epochs": 100, "framework": "PyTorch"},
-    {"study": "Study B", "task": "all4", "model": "ResNet18 (ImageNet), fine-tuned", "accuracy": 0.9969,
-     "macro_f1": 0.9962, "data": "ALL Kaggle, 3,256 images", "image_size": 224, "epochs": 100,
-     "framework": "PyTorch"},
+    {
+        "study": "Study A",
+        "task": "wbc10",
+        "model": "ResNet50 (ImageNet) + dense head",
+        "accuracy": 0.9027,
+        "macro_f1": 0.88,
+        "data": "PBC + LMU, 12,450 images (test 997)",
+        "image_size": 128,
+        "epochs": 10,
+        "framework": "Keras / TensorFlow",
+    },
+    {
+        "study": "Study B",
+        "task": "all4",
+        "model": "CNN1",
+        "accuracy": 0.7798,
+        "macro_f1": 0.7527,
+        "data": "ALL Kaggle, 3,256 images",
+        "image_size": 224,
+        "epochs": 100,
+        "framework": "PyTorch",
+    },
+    {
+        "study": "Study B",
+        "task": "all4",
+        "model": "CNN2",
+        "accuracy": 0.8318,
+        "macro_f1": 0.7982,
+        "data": "ALL Kaggle, 3,256 images",
+        "image_size": 224,
+        "epochs": 100,
+        "framework": "PyTorch",
+    },
+    {
+        "study": "Study B",
+        "task": "all4",
+        "model": "ResNet18 (ImageNet), fine-tuned",
+        "accuracy": 0.9969,
+        "macro_f1": 0.9962,
+        "data": "ALL Kaggle, 3,256 images",
+        "image_size": 224,
+        "epochs": 100,
+        "framework": "PyTorch",
+    },
 ]
-COMPARISON_COLUMNS = ["kind", "study", "task", "model", "accuracy", "macro_f1", "accuracy_ci95", "data",
-                      "profile", "image_size", "epochs", "framework"]
+COMPARISON_COLUMNS = [
+    "kind",
+    "study",
+    "task",
+    "model",
+    "accuracy",
+    "macro_f1",
+    "accuracy_ci95",
+    "data",
+    "profile",
+    "image_size",
+    "epochs",
+    "framework",
+]
 
 
 def published_results(study: str | None = None) -> pd.DataFrame:
@@ -66,11 +119,20 @@ def measured_result(ctx: Any, run_dir: str | Path, metrics: dict, task: str | No
     epochs = int(config.get("epochs_run", config.get("epochs", 0)))
     low, high = metrics.get("ci95", {}).get("accuracy", (float("nan"), float("nan")))
     data = "demo data (synthetic)" if ctx.is_demo else f"{Path(ctx.data_dir).name}: {', '.join(ctx.datasets)}"
-    return {"kind": "measured", "study": "this course", "task": task or ctx.dataset,
-            "model": model_label(config), "accuracy": round(float(metrics["accuracy"]), 4),
-            "macro_f1": round(float(metrics["macro_f1"]), 4), "accuracy_ci95": f"{low:.3f}-{high:.3f}",
-            "data": f"{data} (test {metrics.get('n_images')})", "profile": ctx.profile.name,
-            "image_size": config.get("image_size"), "epochs": epochs, "framework": "Keras / TensorFlow"}
+    return {
+        "kind": "measured",
+        "study": "this course",
+        "task": task or ctx.dataset,
+        "model": model_label(config),
+        "accuracy": round(float(metrics["accuracy"]), 4),
+        "macro_f1": round(float(metrics["macro_f1"]), 4),
+        "accuracy_ci95": f"{low:.3f}-{high:.3f}",
+        "data": f"{data} (test {metrics.get('n_images')})",
+        "profile": ctx.profile.name,
+        "image_size": config.get("image_size"),
+        "epochs": epochs,
+        "framework": "Keras / TensorFlow",
+    }
 
 
 MODEL_LABELS = {"cnn1": "CNN1", "cnn2": "CNN2", "resnet50": "ResNet50", "small_resnet": "small ResNet"}
@@ -99,6 +161,7 @@ def comparison_table(measured: list[dict], study: str | None = None) -> pd.DataF
 # --------------------------------------------------------------------------------------------
 # The hyperparameter study's design (one factor at a time)
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GridConfig:
@@ -133,13 +196,24 @@ def one_factor_at_a_time(baseline: dict, factors: dict[str, Iterable]) -> list[G
 
 # Study B's question, asked of CNN2: one knob at a time around Study B's own CNN2.
 # filters / kernel_size give one number per conv block ("6-12-32" = Study B's [6,5,1,0], [12,3,1,0], [32,3,1,1]).
-STUDY_BASELINE = {"lr": 1e-3, "filters": "6-12-32", "kernel_size": "5-3-3", "depth": 3,
-                  "activation": "relu", "dropout": 0.0}
+STUDY_BASELINE = {
+    "lr": 1e-3,
+    "filters": "6-12-32",
+    "kernel_size": "5-3-3",
+    "depth": 3,
+    "activation": "relu",
+    "dropout": 0.0,
+}
 STUDY_FACTORS = {
-    "small": {"lr": [1e-2], "filters": ["12-24-64"], "kernel_size": ["3-3-3"], "depth": [2],
-              "activation": ["tanh"]},
-    "full": {"lr": [1e-2, 1e-4], "filters": ["3-6-16", "12-24-64"], "kernel_size": ["3-3-3", "5-5-5"],
-             "depth": [1, 2], "activation": ["tanh", "elu"], "dropout": [0.3, 0.5]},
+    "small": {"lr": [1e-2], "filters": ["12-24-64"], "kernel_size": ["3-3-3"], "depth": [2], "activation": ["tanh"]},
+    "full": {
+        "lr": [1e-2, 1e-4],
+        "filters": ["3-6-16", "12-24-64"],
+        "kernel_size": ["3-3-3", "5-5-5"],
+        "depth": [1, 2],
+        "activation": ["tanh", "elu"],
+        "dropout": [0.3, 0.5],
+    },
 }
 
 
@@ -147,7 +221,10 @@ def study_settings(profile: Any) -> dict:
     """Grid size for a profile: ``ci`` 32 px, 1 epoch, 1 seed, 6 configurations; else the profile's
     image size and ``study_epochs``, every factor at two values, 2 seeds (``demo``) or 3 (``full``)."""
     if profile.name == "ci":
-        return {"image_size": 32, "epochs": profile.study_epochs, "seeds": [0],
-                "factors": STUDY_FACTORS["small"]}
-    return {"image_size": profile.image_size, "epochs": profile.study_epochs,
-            "seeds": [0, 1] if profile.name == "demo" else [0, 1, 2], "factors": STUDY_FACTORS["full"]}
+        return {"image_size": 32, "epochs": profile.study_epochs, "seeds": [0], "factors": STUDY_FACTORS["small"]}
+    return {
+        "image_size": profile.image_size,
+        "epochs": profile.study_epochs,
+        "seeds": [0, 1] if profile.name == "demo" else [0, 1, 2],
+        "factors": STUDY_FACTORS["full"],
+    }

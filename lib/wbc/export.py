@@ -7,6 +7,7 @@ module (the idea of d2l's ``#@save``). The notebooks are the source; ``lessons.p
 edited by hand. ``make lib`` regenerates it; ``python -m wbc.export --check`` (and a test) fails
 when the module and the notebooks disagree.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ def saved_cells(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[tuple[str, int, str
         for index, cell in enumerate(cells):
             code = "".join(cell["source"])
             if cell["cell_type"] == "code" and code.lstrip().startswith(MARK):
-                found.append((path.name, index, code.lstrip()[len(MARK):].strip("\n")))
+                found.append((path.name, index, code.lstrip()[len(MARK) :].strip("\n")))
     return found
 
 
@@ -51,7 +52,7 @@ def render(notebooks_dir: Path = NOTEBOOKS_DIR) -> str:
                 imports.append(line)
         body = "\n".join(lines).strip("\n")
         blocks.append(f"# ---- notebooks/{name}, cell {index} " + "-" * max(0, 60 - len(name)) + f"\n\n{body}\n")
-    return HEADER + "\n" + "\n".join(sorted(imports)) + "\n\n\n" + "\n\n".join(blocks)
+    return HEADER + "\n" + "\n".join(sorted(imports)) + "\n\n" + "\n\n".join(blocks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
     if args.check:
         if text != current:
-            print(f"{TARGET} is out of date with the #@save cells of {NOTEBOOKS_DIR}: run `make lib`",
-                  file=sys.stderr)
+            print(f"{TARGET} is out of date with the #@save cells of {NOTEBOOKS_DIR}: run `make lib`", file=sys.stderr)
             return 1
         print(f"{TARGET.name} matches the notebooks ({len(saved_cells())} cells)")
         return 0

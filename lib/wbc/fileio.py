@@ -4,6 +4,7 @@ and the one cache rule of stage outputs (a recipe beside the output).
 Files written here get the permissions of an ordinary new file or folder (``0o666`` / ``0o777``
 less the umask), not the private ``0600`` / ``0700`` of ``tempfile``'s temporary names.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 
@@ -173,8 +174,14 @@ def write_recipe(out: str | os.PathLike, recipe: dict) -> None:
     write_text_atomic(recipe_path(out), json.dumps(recipe, sort_keys=True))
 
 
-def read_table(path: str | os.PathLike, what: str = "CSV", *, hint: str = "", as_text: bool = True,
-               relative_to_folder: bool = False) -> pd.DataFrame:
+def read_table(
+    path: str | os.PathLike,
+    what: str = "CSV",
+    *,
+    hint: str = "",
+    as_text: bool = True,
+    relative_to_folder: bool = False,
+) -> pd.DataFrame:
     """A CSV with at least ``path`` and ``label`` columns; ``as_text``: every cell as text, empty
     cells "" (else pandas' types). ``relative_to_folder``: relative paths are relative to the CSV's
     folder (a split folder can move). WbcError naming the file when missing, unreadable or lacking a column."""
@@ -189,6 +196,7 @@ def read_table(path: str | os.PathLike, what: str = "CSV", *, hint: str = "", as
     if missing:
         raise WbcError(f"{path}: missing column(s) {', '.join(missing)}" + (f" ({hint})" if hint else ""))
     if relative_to_folder:
-        df["path"] = [p if os.path.isabs(p) else os.path.normpath(os.path.join(path.parent, p))
-                      for p in df["path"].astype(str)]
+        df["path"] = [
+            p if os.path.isabs(p) else os.path.normpath(os.path.join(path.parent, p)) for p in df["path"].astype(str)
+        ]
     return df

@@ -3,6 +3,7 @@
 Grad-CAM itself (``gradcam_heatmap``, with ``tf.GradientTape``) is taught in notebook 13 and
 generated into ``wbc.lessons``; this module only blends its result over the picture.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -11,8 +12,9 @@ import numpy as np
 from wbc.errors import WbcError
 
 
-def overlay_heatmap(raw_image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4,
-                    colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+def overlay_heatmap(
+    raw_image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: int = cv2.COLORMAP_JET
+) -> np.ndarray:
     """Blend a heat map (values in [0, 1], any size) over an RGB ``uint8`` image; returns RGB ``uint8``.
 
     ``colormap``: an OpenCV colour map (default JET: red is high, blue is low).

@@ -7,13 +7,14 @@ pixel limit before any pixel is decoded, truncated JPEGs are caught, and any bit
 layout becomes RGB uint8. The perceptual hash and thumbnails used to find duplicates live here
 too, since they are computed from decoded pixels.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import os
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -28,14 +29,21 @@ MAX_PIXELS = 50_000_000
 #: Smallest side (px) of an image preprocess uses; smaller ones are quarantined, not upscaled.
 MIN_SIZE = 16
 #: A file larger than this is not read as an image at all (a cell image is kilobytes).
-MAX_FILE_BYTES = 256 * 1024 ** 2
+MAX_FILE_BYTES = 256 * 1024**2
 TOO_LARGE_PREFIX = "too large"
 TOO_SMALL_PREFIX = "too small"
 #: File signatures: the first bytes decide the format, whatever the file name says.
 SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
-    (b"BM", "BMP"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"\x00\x00\x00\x01Bud1", "DS_STORE"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"\x00\x00\x00\x01Bud1", "DS_STORE"),
 )
 #: Hamming distance (of 64 bits) up to which two perceptual hashes make a near-duplicate candidate.
 PHASH_THRESHOLD = 4
@@ -99,16 +107,22 @@ def header_size(source: bytes | str | os.PathLike) -> tuple[int, int] | None:
 def check_pixel_limit(width: int, height: int, path: str, max_pixels: int | None = MAX_PIXELS) -> None:
     """BadImageError when ``width x height`` exceeds ``max_pixels`` (None: no limit)."""
     if max_pixels is not None and width * height > max_pixels:
-        raise BadImageError(path, f"{TOO_LARGE_PREFIX}: {width}x{height} px ({width * height / 1e6:.1f} "
-                                  f"megapixels) is above the limit of {max_pixels / 1e6:g} megapixels "
-                                  "(--max-pixels); not decoded")
+        raise BadImageError(
+            path,
+            f"{TOO_LARGE_PREFIX}: {width}x{height} px ({width * height / 1e6:.1f} "
+            f"megapixels) is above the limit of {max_pixels / 1e6:g} megapixels "
+            "(--max-pixels); not decoded",
+        )
 
 
 def check_min_size(width: int, height: int, path: str, min_size: int | None = MIN_SIZE) -> None:
     """BadImageError when a side is below ``min_size`` px (None: no minimum)."""
     if min_size is not None and min(width, height) < min_size:
-        raise BadImageError(path, f"{TOO_SMALL_PREFIX}: {width}x{height} px, below the minimum of "
-                                  f"{min_size} px a side (--min-size); not upscaled")
+        raise BadImageError(
+            path,
+            f"{TOO_SMALL_PREFIX}: {width}x{height} px, below the minimum of "
+            f"{min_size} px a side (--min-size); not upscaled",
+        )
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
@@ -138,8 +152,7 @@ def _quiet_opencv() -> Iterator[None]:
         logging.setLogLevel(level)
 
 
-def decode_raw(data: bytes, path: str | os.PathLike = "<bytes>", *,
-               max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+def decode_raw(data: bytes, path: str | os.PathLike = "<bytes>", *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes as stored (any dtype and channel count, OpenCV's BGR order); raise
     BadImageError with the reason. The header is checked against ``max_pixels`` first: a 20000 x
     20000 PNG of a few kilobytes is refused before it takes gigabytes."""
@@ -187,8 +200,9 @@ def to_bgr8(img: np.ndarray, path: str = "<bytes>") -> np.ndarray:
     raise BadImageError(path, f"unsupported number of channels ({channels})")
 
 
-def decode_image(data: bytes, path: str | os.PathLike = "<bytes>", *,
-                 max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    data: bytes, path: str | os.PathLike = "<bytes>", *, max_pixels: int | None = MAX_PIXELS
+) -> np.ndarray:
     """Decode image bytes to BGR uint8 (OpenCV order); raise BadImageError with the reason."""
     return to_bgr8(decode_raw(data, path, max_pixels=max_pixels), display_path(path))
 
@@ -214,15 +228,17 @@ def read_bytes(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
         return fh.read(), os.fstat(fh.fileno())
 
 
-def read_raw(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS,
-             max_bytes: int | None = MAX_FILE_BYTES) -> np.ndarray:
+def read_raw(
+    path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS, max_bytes: int | None = MAX_FILE_BYTES
+) -> np.ndarray:
     """An image file decoded as stored (see ``decode_raw``). A file above ``max_bytes``, or whose
     header announces more than ``max_pixels``, is refused before it is read."""
     with _reading(path):
         size = os.stat(path).st_size
         if max_bytes is not None and size > max_bytes:
-            raise BadImageError(path, f"{TOO_LARGE_PREFIX} for an image file ({size:,} bytes; the limit "
-                                      f"is {max_bytes:,}); not read")
+            raise BadImageError(
+                path, f"{TOO_LARGE_PREFIX} for an image file ({size:,} bytes; the limit is {max_bytes:,}); not read"
+            )
         dims = header_size(path) if max_pixels is not None and os.path.isfile(path) else None
         if dims is not None:
             check_pixel_limit(*dims, display_path(path), max_pixels)

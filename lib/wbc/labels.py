@@ -5,6 +5,7 @@ entry with the columns ``class, source, source_label, sub_label, note``. An empt
 means "every image of that folder / class code"; a filled one selects the PBC file-name prefix
 (``neutrophil/SNE_...``). Anything the map does not name is excluded from ``wbc10``.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -16,15 +17,30 @@ from wbc.errors import WbcError
 
 #: The ten classes, in the order of Study A's Table I (this order is the class index).
 WBC10_CLASSES: tuple[str, ...] = (
-    "basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil_segmented",
-    "neutrophil_band", "myeloblast", "myelocyte", "promyelocyte", "metamyelocyte",
+    "basophil",
+    "eosinophil",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil_segmented",
+    "neutrophil_band",
+    "myeloblast",
+    "myelocyte",
+    "promyelocyte",
+    "metamyelocyte",
 )
 
 #: Study A's published Table I (images per class after its merge), for comparison only.
 STUDY_A_TABLE_ONE: dict[str, int] = {
-    "basophil": 1295, "eosinophil": 1321, "lymphocyte": 1297, "monocyte": 1300,
-    "neutrophil_segmented": 1294, "neutrophil_band": 1308, "myeloblast": 1764,
-    "myelocyte": 1179, "promyelocyte": 662, "metamyelocyte": 1030,
+    "basophil": 1295,
+    "eosinophil": 1321,
+    "lymphocyte": 1297,
+    "monocyte": 1300,
+    "neutrophil_segmented": 1294,
+    "neutrophil_band": 1308,
+    "myeloblast": 1764,
+    "myelocyte": 1179,
+    "promyelocyte": 662,
+    "metamyelocyte": 1030,
 }
 
 #: PBC folders and the file-name prefixes each holds (prefix -> meaning).
@@ -32,22 +48,39 @@ PBC_PREFIXES: dict[str, dict[str, str]] = {
     "basophil": {"BA": "basophil"},
     "eosinophil": {"EO": "eosinophil"},
     "erythroblast": {"ERB": "erythroblast"},
-    "ig": {"MMY": "metamyelocyte", "MY": "myelocyte", "PMY": "promyelocyte",
-           "IG": "immature granulocyte, not further specified"},
+    "ig": {
+        "MMY": "metamyelocyte",
+        "MY": "myelocyte",
+        "PMY": "promyelocyte",
+        "IG": "immature granulocyte, not further specified",
+    },
     "lymphocyte": {"LY": "lymphocyte"},
     "monocyte": {"MO": "monocyte"},
-    "neutrophil": {"BNE": "band neutrophil", "SNE": "segmented neutrophil",
-                   "NEUTROPHIL": "neutrophil, not further specified"},
+    "neutrophil": {
+        "BNE": "band neutrophil",
+        "SNE": "segmented neutrophil",
+        "NEUTROPHIL": "neutrophil, not further specified",
+    },
     "platelet": {"PLATELET": "platelet"},
 }
 PBC_CLASSES: tuple[str, ...] = tuple(PBC_PREFIXES)
 
 #: The 15 class codes of AML-Cytomorphology_LMU (Matek et al. 2019) and what they mean.
 LMU_CODES: dict[str, str] = {
-    "BAS": "basophil", "EBO": "erythroblast", "EOS": "eosinophil", "KSC": "smudge cell",
-    "LYA": "atypical lymphocyte", "LYT": "typical lymphocyte", "MMZ": "metamyelocyte",
-    "MOB": "monoblast", "MON": "monocyte", "MYB": "myelocyte", "MYO": "myeloblast",
-    "NGB": "band neutrophil", "NGS": "segmented neutrophil", "PMB": "bilobed promyelocyte",
+    "BAS": "basophil",
+    "EBO": "erythroblast",
+    "EOS": "eosinophil",
+    "KSC": "smudge cell",
+    "LYA": "atypical lymphocyte",
+    "LYT": "typical lymphocyte",
+    "MMZ": "metamyelocyte",
+    "MOB": "monoblast",
+    "MON": "monocyte",
+    "MYB": "myelocyte",
+    "MYO": "myeloblast",
+    "NGB": "band neutrophil",
+    "NGS": "segmented neutrophil",
+    "PMB": "bilobed promyelocyte",
     "PMO": "promyelocyte",
 }
 

@@ -6,7 +6,6 @@ DO NOT EDIT: edit the notebook cell named above each block, then run ``make lib`
 import keras
 import tensorflow as tf
 
-
 # ---- notebooks/07_input_pipeline_and_augmentation.ipynb, cell 8 --------------------
 
 def decode_resize(path, image_size):

@@ -9,6 +9,7 @@ and a lock file left by a dead process is taken over (and reported). Where ``flo
 available the holder's PID is checked instead (same host only). The lock guards against a
 second ``wbc`` command, not against other programs.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -29,7 +30,7 @@ except ImportError:  # pragma: no cover - Windows: PID check only
 LOCK_SUFFIX = ".lock"
 
 # Locks this process holds: {lock path: (thread id, FolderLock)}; a thread may re-enter its own.
-_HELD: dict[str, tuple[int, "FolderLock"]] = {}
+_HELD: dict[str, tuple[int, FolderLock]] = {}
 _HELD_GUARD = threading.Lock()
 
 
@@ -75,8 +76,10 @@ def describe_holder(holder: dict | None) -> str:
     """``"preprocess (PID 123 on host lab1, started 2024-05-01T10:00:00)"``."""
     if not holder:
         return "another process (it has not written its details yet)"
-    return (f"{holder.get('stage', 'a wbc command')} (PID {holder.get('pid', '?')} on host "
-            f"{holder.get('host', '?')}, started {holder.get('started', '?')})")
+    return (
+        f"{holder.get('stage', 'a wbc command')} (PID {holder.get('pid', '?')} on host "
+        f"{holder.get('host', '?')}, started {holder.get('started', '?')})"
+    )
 
 
 class FolderLock:
@@ -96,17 +99,22 @@ class FolderLock:
         self._depth = 0
 
     def _record(self) -> dict:
-        return {"stage": self.stage, "pid": os.getpid(), "host": socket.gethostname(),
-                "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                "folder": str(self.folder)}
+        return {
+            "stage": self.stage,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "folder": str(self.folder),
+        }
 
     def _busy(self, holder: dict | None) -> WbcError:
         return WbcError(
             f"{self.folder} is being written by {describe_holder(holder)}; only one command may "
             f"write a folder at a time. Wait for it to finish, or choose another output folder. "
-            f"(Lock file: {self.path}; if that process really is gone, delete the lock file.)")
+            f"(Lock file: {self.path}; if that process really is gone, delete the lock file.)"
+        )
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         """Take the lock (or raise WbcError naming the holder); returns self."""
         key = str(self.path)
         me = threading.get_ident()
@@ -133,8 +141,7 @@ class FolderLock:
                     os.close(fd)
                     continue
                 previous = read_holder(self.path)
-                mine = previous and previous.get("pid") == os.getpid() and \
-                    previous.get("host") == socket.gethostname()
+                mine = previous and previous.get("pid") == os.getpid() and previous.get("host") == socket.gethostname()
                 if state is None and previous and not mine and self._holder_may_live(previous):
                     raise self._busy(previous)
                 data = (json.dumps(self._record(), sort_keys=True) + "\n").encode()
@@ -152,7 +159,8 @@ class FolderLock:
                 self.stale = previous
                 logging.getLogger(__name__).warning(
                     f"note: {self.folder}: took over a stale lock left by {describe_holder(previous)}; that "
-                    "process is no longer running (killed or crashed). Finished work in the folder is kept.")
+                    "process is no longer running (killed or crashed). Finished work in the folder is kept."
+                )
             return self
         raise WbcError(f"{self.path}: could not take the lock (it keeps being replaced); try again")
 
@@ -202,7 +210,7 @@ class FolderLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

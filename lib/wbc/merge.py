@@ -7,6 +7,7 @@ and a class never exceeds ``cap``. Within a (class, source) the images kept are 
 sample of the path-sorted rows, so the result depends only on the files, ``cap`` and ``seed``.
 Every row left out (unmapped class or over the cap) is listed in ``excluded`` with its reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,10 @@ def map_to_wbc10(manifest: pd.DataFrame, label_map: pd.DataFrame | None = None) 
     keys = zip(table["source"], table["source_label"], table["sub_label"])
     lookup = dict(zip(keys, table["class"]))
     subs = manifest["sub_label"].fillna("").astype(str)
-    classes = [lookup.get((s, sl, sub), lookup.get((s, sl, ""), ""))
-               for s, sl, sub in zip(manifest["source"], manifest["source_label"], subs)]
+    classes = [
+        lookup.get((s, sl, sub), lookup.get((s, sl, ""), ""))
+        for s, sl, sub in zip(manifest["source"], manifest["source_label"], subs)
+    ]
     return pd.Series(classes, index=manifest.index, dtype=object, name="label")
 
 
@@ -59,8 +62,13 @@ def _sample(rows: pd.DataFrame, n: int, seed: int, key: str) -> pd.DataFrame:
     return rows.iloc[np.sort(rng.choice(len(rows), size=n, replace=False))]
 
 
-def build_wbc10(pbc: pd.DataFrame | None, lmu: pd.DataFrame | None, cap: int | None = 1300,
-                seed: int = 0, label_map: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_wbc10(
+    pbc: pd.DataFrame | None,
+    lmu: pd.DataFrame | None,
+    cap: int | None = 1300,
+    seed: int = 0,
+    label_map: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge PBC and LMU manifests into the ten-class ``wbc10`` manifest.
 
     Returns ``(manifest, excluded)``: ``manifest`` has the manifest columns with ``label`` the
@@ -74,11 +82,17 @@ def build_wbc10(pbc: pd.DataFrame | None, lmu: pd.DataFrame | None, cap: int | N
     rows["sub_label"] = rows["sub_label"].fillna("").astype(str)
     rows["label"] = map_to_wbc10(rows, label_map)
     unmapped = rows[rows["label"] == ""]
-    excluded = [pd.DataFrame({
-        "path": unmapped["path"],
-        "reason": [f"not one of the ten classes: {describe_source_label(s, sl, sub)}"
-                   for s, sl, sub in zip(unmapped["source"], unmapped["source_label"], unmapped["sub_label"])],
-    })]
+    excluded = [
+        pd.DataFrame(
+            {
+                "path": unmapped["path"],
+                "reason": [
+                    f"not one of the ten classes: {describe_source_label(s, sl, sub)}"
+                    for s, sl, sub in zip(unmapped["source"], unmapped["source_label"], unmapped["sub_label"])
+                ],
+            }
+        )
+    ]
     kept = []
     mapped = rows[rows["label"] != ""]
     for label, group in mapped.groupby("label", sort=True):
@@ -88,9 +102,17 @@ def build_wbc10(pbc: pd.DataFrame | None, lmu: pd.DataFrame | None, cap: int | N
             chosen = _sample(g, quota[source], seed, f"{label}/{source}")
             kept.append(chosen)
             dropped = g.drop(chosen.index)
-            excluded.append(pd.DataFrame({"path": dropped["path"], "reason": (
-                f"over the cap: {label} keeps {quota[source]} of {len(g)} {source} images "
-                f"(cap {cap}, seed {seed})")}))
+            excluded.append(
+                pd.DataFrame(
+                    {
+                        "path": dropped["path"],
+                        "reason": (
+                            f"over the cap: {label} keeps {quota[source]} of {len(g)} {source} images "
+                            f"(cap {cap}, seed {seed})"
+                        ),
+                    }
+                )
+            )
     manifest = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=MANIFEST_COLUMNS)
     manifest = manifest[MANIFEST_COLUMNS].sort_values("path", ignore_index=True)
     excluded_df = pd.concat(excluded, ignore_index=True)[SKIPPED_COLUMNS].sort_values("path", ignore_index=True)
@@ -117,8 +139,9 @@ def table_one(manifest: pd.DataFrame, published: bool = True) -> pd.DataFrame:
     return table.astype({c: "Int64" for c in table.columns if c != "class"})
 
 
-def wbc10_from_data_dir(data_dir: str | os.PathLike, cap: int | None = 1300, seed: int = 0
-                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def wbc10_from_data_dir(
+    data_dir: str | os.PathLike, cap: int | None = 1300, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Read PBC and LMU under ``data_dir`` and merge them: ``(manifest, skipped, excluded)``.
 
     A dataset that is absent is reported in ``skipped`` and the merge goes on with the other;
@@ -131,16 +154,16 @@ def wbc10_from_data_dir(data_dir: str | os.PathLike, cap: int | None = 1300, see
             skipped.append(s)
         except LayoutError as exc:
             errors[name] = exc
-            skipped.append(pd.DataFrame([{"path": str(Path(data_dir) / name),
-                                          "reason": f"missing dataset: {exc}"}]))
+            skipped.append(pd.DataFrame([{"path": str(Path(data_dir) / name), "reason": f"missing dataset: {exc}"}]))
     if not manifests:
         raise errors["pbc"]
     manifest, excluded = build_wbc10(manifests.get("pbc"), manifests.get("lmu"), cap=cap, seed=seed)
     return manifest, pd.concat(skipped, ignore_index=True), excluded
 
 
-def build_all4(source: pd.DataFrame | str | os.PathLike, version: str = "Original"
-               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_all4(
+    source: pd.DataFrame | str | os.PathLike, version: str = "Original"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The four-class ALL manifest of one ``version`` (Original or Segmented).
 
     ``source`` is an ALL manifest (from ``read_all``) or a data folder holding ``ALL_Kaggle/``.

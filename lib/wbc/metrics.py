@@ -5,9 +5,10 @@ predicted label is the arg-max, the loss is the cross-entropy of the true class,
 curves sweep the probability of each class (one-vs-rest). Classes absent from ``y_true``
 cannot have an AUC or a recall; they get ``None`` and a note instead of an error.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,8 +49,7 @@ def confusion(y_true, y_pred, n: int, normalise: str | None = None) -> np.ndarra
 
     if normalise not in (None, "true"):
         raise WbcError(f"normalise must be None or 'true', got {normalise!r}")
-    cm = confusion_matrix(np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64),
-                          labels=list(range(n)))
+    cm = confusion_matrix(np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64), labels=list(range(n)))
     if normalise is None:
         return cm
     rows = cm.sum(axis=1, keepdims=True)
@@ -102,11 +102,17 @@ def compute_metrics(y_true, probs, classes: Sequence[str]) -> dict:
     defined = [a for a in aucs if a is not None]
     onehot = np.eye(k, dtype=int)[y]
     auc_micro = float(roc_auc_score(onehot.ravel(), p.ravel())) if 0 < onehot.sum() < onehot.size and k > 1 else None
-    per_class = {name: {"precision": float(precision[i]),
-                        "recall": float(recall[i]) if present[i] else None,
-                        "specificity": float(tn[i] / (tn[i] + fp[i])) if tn[i] + fp[i] > 0 else None,
-                        "f1": float(f1[i]), "support": int(support[i]), "auc": aucs[i]}
-                 for i, name in enumerate(classes)}
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]) if present[i] else None,
+            "specificity": float(tn[i] / (tn[i] + fp[i])) if tn[i] + fp[i] > 0 else None,
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "auc": aucs[i],
+        }
+        for i, name in enumerate(classes)
+    }
     return {
         "accuracy": float(accuracy_score(y, y_pred)),
         "loss": cross_entropy(y, p),
@@ -134,12 +140,19 @@ def classification_report_text(y_true, probs, classes: Sequence[str]) -> str:
     from sklearn.metrics import classification_report
 
     y, p = check_inputs(y_true, probs, classes)
-    return classification_report(y, p.argmax(axis=1), labels=list(range(len(classes))),
-                                 target_names=[str(c) for c in classes], digits=3, zero_division=0)
+    return classification_report(
+        y,
+        p.argmax(axis=1),
+        labels=list(range(len(classes))),
+        target_names=[str(c) for c in classes],
+        digits=3,
+        zero_division=0,
+    )
 
 
-def bootstrap_ci(y_true, probs, metric: str = "accuracy", n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float]:
+def bootstrap_ci(
+    y_true, probs, metric: str = "accuracy", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval (``1 - alpha``) of ``accuracy`` or ``macro_f1``.
 
     Images are resampled with replacement ``n_boot`` times (each resample: ``n`` indices drawn

@@ -7,6 +7,7 @@ CNN2 (notebook 08), Study A's ResNet50 transfer model (09), the compact ResNet o
 notebooks need not teach: getting the ImageNet weights (with a checksum, never silently
 replaced by random ones), loading a weights file, and choosing a builder by name.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODEL_NAMES = ("resnet50", "cnn1", "cnn2", "small_resnet")
 RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-RESNET50_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-                      + RESNET50_NOTOP_FILE)
+RESNET50_NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_NOTOP_FILE
 RESNET50_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # the hash Keras itself checks
 
 
@@ -46,18 +46,22 @@ def fetch_imagenet_weights() -> Path:
     import keras
 
     try:
-        return Path(keras.utils.get_file(RESNET50_NOTOP_FILE, RESNET50_NOTOP_URL,
-                                         cache_subdir="models", file_hash=RESNET50_NOTOP_MD5))
+        return Path(
+            keras.utils.get_file(
+                RESNET50_NOTOP_FILE, RESNET50_NOTOP_URL, cache_subdir="models", file_hash=RESNET50_NOTOP_MD5
+            )
+        )
     except Exception as exc:  # no network, proxy, bad checksum ...
         raise WbcError(
             f"could not get the ResNet50 ImageNet weights ({type(exc).__name__}: {exc}).\n"
             f"  URL:   {RESNET50_NOTOP_URL}\n"
             f"  cache: {imagenet_cache_path()}\n"
             "Either download that file on a machine with network access and pass its path "
-            "(command line: --weights PATH; notebooks: WEIGHTS = \"PATH\" in the parameters cell), "
+            '(command line: --weights PATH; notebooks: WEIGHTS = "PATH" in the parameters cell), '
             "or copy it to the cache path above; or train from random initialisation, knowingly "
-            "(--weights none; WEIGHTS = \"none\"), and expect much lower accuracy (see the CPU "
-            "recipe in README.md).") from exc
+            '(--weights none; WEIGHTS = "none"), and expect much lower accuracy (see the CPU '
+            "recipe in README.md)."
+        ) from exc
 
 
 def resolve_weights(weights: str | Path | None) -> str | Path | None:
@@ -76,7 +80,8 @@ def resolve_weights(weights: str | Path | None) -> str | Path | None:
         bar = "!" * 78
         logging.getLogger(__name__).warning(
             f"{bar}\nWARNING: ImageNet weights unavailable, so ResNet50 starts from RANDOM weights.\n{exc}\n"
-            f"Results will be far below the study's; this is expected here.\n{bar}")
+            f"Results will be far below the study's; this is expected here.\n{bar}"
+        )
         return "none"
 
 
@@ -96,7 +101,7 @@ def _weights_layer_names(path: Path) -> set[str]:
         raise WbcError(f"{path}: not a readable HDF5 weights file ({exc})") from exc
 
 
-def _backbone(model) -> "keras.Model":
+def _backbone(model) -> keras.Model:
     """The ResNet50 part of the transfer model (from the input to ``conv5_block3_out``)."""
     import keras
 
@@ -114,8 +119,10 @@ def _load_weights(model, path: Path, backbone: bool) -> None:
         target.load_weights(str(path))
     except Exception as exc:
         what = "the whole model" if whole else "the ResNet50 backbone"
-        raise WbcError(f"{path}: could not load it as weights of {what} ({exc}); expected the "
-                       f"official {RESNET50_NOTOP_FILE} or a file saved from this model") from exc
+        raise WbcError(
+            f"{path}: could not load it as weights of {what} ({exc}); expected the "
+            f"official {RESNET50_NOTOP_FILE} or a file saved from this model"
+        ) from exc
 
 
 def weights_file(weights: str | Path | None) -> Path | None:
@@ -127,13 +134,11 @@ def weights_file(weights: str | Path | None) -> Path | None:
         return fetch_imagenet_weights()
     path = Path(weights)
     if not path.is_file():
-        raise WbcError(f"{path}: weights file not found (use imagenet, none or a path to a "
-                       ".h5 / .weights.h5 file)")
+        raise WbcError(f"{path}: weights file not found (use imagenet, none or a path to a .h5 / .weights.h5 file)")
     return path
 
 
-def build_model(name: str, n_classes: int, image_size: int, weights: str | Path | None = None,
-                **kwargs) -> "keras.Model":
+def build_model(name: str, n_classes: int, image_size: int, weights: str | Path | None = None, **kwargs) -> keras.Model:
     """Build model ``name`` (resnet50 | cnn1 | cnn2 | small_resnet) with the notebooks' builder.
 
     ``weights``: for resnet50 the backbone's (``imagenet``, ``auto``, ``none`` or a path to the
@@ -143,11 +148,17 @@ def build_model(name: str, n_classes: int, image_size: int, weights: str | Path 
     """
     _check_name(name)
     lessons = runtime.lessons()
-    builders = {"resnet50": lessons.build_resnet50_transfer, "cnn1": lessons.build_cnn1,
-                "cnn2": lessons.build_cnn2, "small_resnet": lessons.build_small_resnet}
+    builders = {
+        "resnet50": lessons.build_resnet50_transfer,
+        "cnn1": lessons.build_cnn1,
+        "cnn2": lessons.build_cnn2,
+        "small_resnet": lessons.build_small_resnet,
+    }
     if name != "resnet50" and weights == "imagenet":
-        raise WbcError(f"{name} is trained from scratch: there are no ImageNet weights for it "
-                       "(use --weights none, or --model resnet50)")
+        raise WbcError(
+            f"{name} is trained from scratch: there are no ImageNet weights for it "
+            "(use --weights none, or --model resnet50)"
+        )
     path = weights_file(weights)
     try:
         model = builders[name](n_classes, image_size, **kwargs)
@@ -158,5 +169,3 @@ def build_model(name: str, n_classes: int, image_size: int, weights: str | Path 
     if path is not None:
         _load_weights(model, path, backbone=name == "resnet50")
     return model
-
-

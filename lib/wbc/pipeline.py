@@ -6,10 +6,12 @@ notebook 07 and generated into ``wbc.lessons``. This module reads split CSVs and
 (so a bad file is named before training starts), and feeds ``make_dataset``. Every image a model
 sees takes one path: decode, resize, raw RGB pixels into the model, which scales them itself.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -36,8 +38,7 @@ def load_split(split_dir: str | Path, split: str) -> pd.DataFrame:
 
 
 def _read_csv(path: str | Path) -> pd.DataFrame:
-    return read_table(path, "split CSV", hint="run `python -m wbc split` first", as_text=False,
-                      relative_to_folder=True)
+    return read_table(path, "split CSV", hint="run `python -m wbc split` first", as_text=False, relative_to_folder=True)
 
 
 def _frame(source: pd.DataFrame | str | Path) -> pd.DataFrame:
@@ -57,9 +58,11 @@ def check_files(paths: Sequence[str]) -> None:
         raise WbcError(f"{len(missing)} image file(s) not found:\n  {shown}{more}")
     odd = [p for p in paths if Path(p).suffix.lower() not in DECODABLE_SUFFIXES]
     if odd:
-        raise WbcError(f"{odd[0]}: the input pipeline reads {', '.join(sorted(DECODABLE_SUFFIXES))} "
-                       f"files only ({len(odd)} other file(s)); run `python -m wbc preprocess` to "
-                       "convert them to JPEG first")
+        raise WbcError(
+            f"{odd[0]}: the input pipeline reads {', '.join(sorted(DECODABLE_SUFFIXES))} "
+            f"files only ({len(odd)} other file(s)); run `python -m wbc preprocess` to "
+            "convert them to JPEG first"
+        )
 
 
 def label_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
@@ -67,14 +70,21 @@ def label_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({str(lab) for lab in labels} - set(index))
     if unknown:
-        raise WbcError(f"label(s) not in classes.txt: {', '.join(unknown)} "
-                       f"(classes: {', '.join(classes)})")
+        raise WbcError(f"label(s) not in classes.txt: {', '.join(unknown)} (classes: {', '.join(classes)})")
     return np.array([index[str(lab)] for lab in labels], dtype=np.int32)
 
 
-def split_dataset(source: pd.DataFrame | str | Path, classes: list[str], image_size: int,
-                  batch_size: int, *, augment: bool = False, shuffle: bool = False, seed: int = 0,
-                  cache: bool | str = False) -> "tf.data.Dataset":
+def split_dataset(
+    source: pd.DataFrame | str | Path,
+    classes: list[str],
+    image_size: int,
+    batch_size: int,
+    *,
+    augment: bool = False,
+    shuffle: bool = False,
+    seed: int = 0,
+    cache: bool | str = False,
+) -> tf.data.Dataset:
     """``lessons.make_dataset`` (notebook 07) over a split CSV or DataFrame, checked first.
 
     Batches of float32 RGB pixels in [0, 255] (the models scale them themselves) and one-hot
@@ -90,8 +100,9 @@ def split_dataset(source: pd.DataFrame | str | Path, classes: list[str], image_s
     labels = label_indices(frame["label"].astype(str).tolist(), classes)
     check_files(paths)
     layers = lessons.augmentation_layers(seed=seed) if augment else None
-    return lessons.make_dataset(paths, labels, len(classes), image_size, batch_size, augment=layers,
-                                shuffle=shuffle, seed=seed, cache=cache)
+    return lessons.make_dataset(
+        paths, labels, len(classes), image_size, batch_size, augment=layers, shuffle=shuffle, seed=seed, cache=cache
+    )
 
 
 def _pixel_batches(paths: Sequence[str | Path], image_size: int, batch_size: int = 64):
@@ -101,7 +112,8 @@ def _pixel_batches(paths: Sequence[str | Path], image_size: int, batch_size: int
     check_files(paths)
     decode_resize = runtime.lessons().decode_resize
     ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: decode_resize(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+        lambda p: decode_resize(p, image_size), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return paths, ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

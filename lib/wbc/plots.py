@@ -5,13 +5,14 @@ servers and piles up no windows), with a title, axis labels and class names, ret
 notebook displays it) and saves it as PNG when ``path`` is given. Confusion matrices and ROC
 curves are scikit-learn's displays; ``save_figure`` is the one PNG writer (``Context.save_figure``).
 """
+
 from __future__ import annotations
 
 import math
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,9 @@ def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
     return fig
 
 
-def plot_history(history: pd.DataFrame, path: str | os.PathLike | None = None,
-                 title: str = "Training curves") -> Figure:
+def plot_history(
+    history: pd.DataFrame, path: str | os.PathLike | None = None, title: str = "Training curves"
+) -> Figure:
     """Loss and accuracy per epoch, training vs validation, from a run's ``history.csv``.
 
     When the table has a ``phase`` column (e.g. frozen base, then fine-tuning), a dashed line
@@ -54,8 +56,14 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike | None = None,
             phases = history["phase"].astype(str).to_numpy()
             for i in np.flatnonzero(phases[1:] != phases[:-1]) + 1:
                 ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
-                ax.annotate(f"phase: {phases[i]}", (i + 0.6, 0.95), xycoords=("data", "axes fraction"),
-                            fontsize=8, color="grey", va="top")
+                ax.annotate(
+                    f"phase: {phases[i]}",
+                    (i + 0.6, 0.95),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=8,
+                    color="grey",
+                    va="top",
+                )
         ax.set_title(metric.capitalize())
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -67,8 +75,13 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike | None = None,
     return _finish(fig, path)
 
 
-def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], normalised: bool = False,
-                          path: str | os.PathLike | None = None, title: str | None = None) -> Figure:
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    classes: Sequence[str],
+    normalised: bool = False,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
     """Confusion matrix heat map (rows: true class, columns: predicted class), values written in:
     scikit-learn's ``ConfusionMatrixDisplay``."""
     from sklearn.metrics import ConfusionMatrixDisplay
@@ -78,16 +91,29 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], normalised: bo
     fig = Figure(figsize=(size + 1, size))
     ax = fig.subplots()
     display = ConfusionMatrixDisplay(cm, display_labels=list(classes)).plot(
-        ax=ax, cmap="Blues", xticks_rotation=45, values_format=".2f" if normalised or cm.dtype.kind == "f" else "d",
-        im_kw={"vmin": 0, "vmax": 1 if normalised else max(1, cm.max())}, text_kw={"fontsize": 8})
+        ax=ax,
+        cmap="Blues",
+        xticks_rotation=45,
+        values_format=".2f" if normalised or cm.dtype.kind == "f" else "d",
+        im_kw={"vmin": 0, "vmax": 1 if normalised else max(1, cm.max())},
+        text_kw={"fontsize": 8},
+    )
     display.im_.colorbar.set_label("share of true class" if normalised else "images")
-    ax.set(xlabel="predicted class", ylabel="true class",
-           title=title or f"Confusion matrix ({'normalised by true class' if normalised else 'counts'})")
+    ax.set(
+        xlabel="predicted class",
+        ylabel="true class",
+        title=title or f"Confusion matrix ({'normalised by true class' if normalised else 'counts'})",
+    )
     return _finish(fig, path)
 
 
-def plot_roc(y_true, probs, classes: Sequence[str], path: str | os.PathLike | None = None,
-             title: str = "ROC curves (one class vs the rest)") -> Figure:
+def plot_roc(
+    y_true,
+    probs,
+    classes: Sequence[str],
+    path: str | os.PathLike | None = None,
+    title: str = "ROC curves (one class vs the rest)",
+) -> Figure:
     """One-vs-rest ROC curve per class (scikit-learn's ``RocCurveDisplay``) plus the micro-average
     and the macro-average (mean of the per-class curves), AUC in the legend. Classes absent from
     ``y_true`` have no curve and are named in the legend as such."""
@@ -99,19 +125,37 @@ def plot_roc(y_true, probs, classes: Sequence[str], path: str | os.PathLike | No
     curves = []
     for i, name in enumerate(classes):
         if (y == i).any() and not (y == i).all():
-            curves.append(RocCurveDisplay.from_predictions(y == i, probs[:, i], name=str(name), ax=ax,
-                                                           curve_kwargs={"linewidth": 1.2}))
+            curves.append(
+                RocCurveDisplay.from_predictions(
+                    y == i, probs[:, i], name=str(name), ax=ax, curve_kwargs={"linewidth": 1.2}
+                )
+            )
         else:
             ax.plot([], [], " ", label=f"{name} (not in the true labels)")
     if curves:
-        RocCurveDisplay.from_predictions(np.eye(len(classes), dtype=int)[y].ravel(), probs.ravel(), name="micro-average",
-                                         ax=ax, curve_kwargs={"color": "black", "linestyle": "--", "linewidth": 2.5})
+        RocCurveDisplay.from_predictions(
+            np.eye(len(classes), dtype=int)[y].ravel(),
+            probs.ravel(),
+            name="micro-average",
+            ax=ax,
+            curve_kwargs={"color": "black", "linestyle": "--", "linewidth": 2.5},
+        )
         grid = np.unique(np.concatenate([c.fpr for c in curves]))
-        ax.plot(grid, np.mean([np.interp(grid, c.fpr, c.tpr) for c in curves], axis=0), linestyle="--", linewidth=2.5,
-                label=f"macro-average (AUC = {np.mean([c.roc_auc for c in curves]):.2f})")
+        ax.plot(
+            grid,
+            np.mean([np.interp(grid, c.fpr, c.tpr) for c in curves], axis=0),
+            linestyle="--",
+            linewidth=2.5,
+            label=f"macro-average (AUC = {np.mean([c.roc_auc for c in curves]):.2f})",
+        )
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (1 - specificity)",
-           ylabel="true positive rate (sensitivity)", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="false positive rate (1 - specificity)",
+        ylabel="true positive rate (sensitivity)",
+        title=title,
+    )
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return _finish(fig, path)
@@ -122,8 +166,15 @@ def _wrap_caption(caption: str, width: int) -> str:
     return "\n".join(textwrap.fill(line, width) or line for line in str(caption).splitlines() or [""])
 
 
-def add_heatmap_colorbar(fig: Figure, axes=None, cmap: str = "jet", label: str = "Grad-CAM importance",
-                         vmin: float = 0.0, vmax: float = 1.0, ticks: Sequence[float] | None = None):
+def add_heatmap_colorbar(
+    fig: Figure,
+    axes=None,
+    cmap: str = "jet",
+    label: str = "Grad-CAM importance",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    ticks: Sequence[float] | None = None,
+):
     """Add one colour bar for heat-map overlays to ``fig`` (beside ``axes``: default all of them).
 
     The default ``cmap`` "jet" is matplotlib's version of OpenCV's ``COLORMAP_JET``, the map
@@ -143,10 +194,15 @@ def add_heatmap_colorbar(fig: Figure, axes=None, cmap: str = "jet", label: str =
     return bar
 
 
-def plot_image_gallery(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 4,
-                       path: str | os.PathLike | None = None, title: str = "Images",
-                       colorbar_cmap: str | None = None,
-                       colorbar_label: str = "Grad-CAM importance") -> Figure:
+def plot_image_gallery(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    ncols: int = 4,
+    path: str | os.PathLike | None = None,
+    title: str = "Images",
+    colorbar_cmap: str | None = None,
+    colorbar_label: str = "Grad-CAM importance",
+) -> Figure:
     """A grid of RGB ``uint8`` images with one caption each (e.g. true / predicted / confidence).
 
     Long captions are wrapped so that neighbouring ones do not run into each other.

@@ -9,6 +9,7 @@ other settings is refused unless ``overwrite=True``; ``preprocess.json`` (the se
 last. Worker processes die with the run (``PR_SET_PDEATHSIG`` on Linux, and a watchdog). Reading
 and validating images is ``wbc.images``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,10 +22,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -32,8 +33,16 @@ import pandas as pd
 
 from wbc.errors import WbcError
 from wbc.fileio import read_table, write_csv_atomic, write_text_atomic
-from wbc.images import (MAX_PIXELS, MIN_SIZE, BadImageError, check_min_size, decode_image, phash_gray,  # noqa: F401
-                        read_bytes, read_image)
+from wbc.images import (  # noqa: F401
+    MAX_PIXELS,
+    MIN_SIZE,
+    BadImageError,
+    check_min_size,
+    decode_image,
+    phash_gray,
+    read_bytes,
+    read_image,
+)
 from wbc.locking import FolderLock, pid_alive
 
 RESIZE_MODES = ("stretch", "pad", "crop")
@@ -46,15 +55,20 @@ BLACK_BAND_PREFIX = "black band"
 
 # ----------------------------------------------------------------------------- transforms
 
+
 def _border_colour(img: np.ndarray) -> tuple[int, ...]:
     """Median colour of the outermost pixels: the smear background around the cell."""
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).reshape(-1, img.shape[2] if img.ndim == 3 else 1)
     return tuple(int(v) for v in np.median(border, axis=0))
 
 
-def resize_image(img: np.ndarray, size: int | tuple[int, int], mode: str = "stretch",
-                 interpolation: int | None = None,
-                 background: Sequence[int] | None = None) -> np.ndarray:
+def resize_image(
+    img: np.ndarray,
+    size: int | tuple[int, int],
+    mode: str = "stretch",
+    interpolation: int | None = None,
+    background: Sequence[int] | None = None,
+) -> np.ndarray:
     """Resize to ``size`` (an int for a square, or ``(width, height)``); any channel order.
 
     ``"stretch"`` (default, Study A's) scales each axis (PBC 360x363 and LMU 400x400 distort
@@ -80,16 +94,22 @@ def resize_image(img: np.ndarray, size: int | tuple[int, int], mode: str = "stre
     if mode == "pad":
         colour = tuple(background) if background is not None else _border_colour(img)
         top, left = (height - scale_h) // 2, (width - scale_w) // 2
-        out = cv2.copyMakeBorder(out, top, height - scale_h - top, left, width - scale_w - left,
-                                 cv2.BORDER_CONSTANT, value=colour)
+        out = cv2.copyMakeBorder(
+            out, top, height - scale_h - top, left, width - scale_w - left, cv2.BORDER_CONSTANT, value=colour
+        )
     elif mode == "crop":
         top, left = (scale_h - height) // 2, (scale_w - width) // 2
-        out = out[top:top + height, left:left + width]
+        out = out[top : top + height, left : left + width]
     return np.ascontiguousarray(out)
 
 
-def detect_black_band(img: np.ndarray, threshold: int = 10, min_fraction: float = 0.98,
-                      min_width: int = 1, max_inner_fraction: float = 0.5) -> dict | None:
+def detect_black_band(
+    img: np.ndarray,
+    threshold: int = 10,
+    min_fraction: float = 0.98,
+    min_width: int = 1,
+    max_inner_fraction: float = 0.5,
+) -> dict | None:
     """Find straight black bands along the image's edges (what a broken conversion leaves); None when none.
 
     A row or column is *black* when at least ``min_fraction`` of its pixels have every channel
@@ -113,8 +133,12 @@ def detect_black_band(img: np.ndarray, threshold: int = 10, min_fraction: float 
     if (dark_rows >= min_fraction).all():
         return {"edge": "all", "width": int(mask.shape[0]), "bands": {"all": int(mask.shape[0])}}
     bands = {}
-    for edge, dark in (("top", dark_rows), ("bottom", dark_rows[::-1]),
-                       ("left", dark_cols), ("right", dark_cols[::-1])):
+    for edge, dark in (
+        ("top", dark_rows),
+        ("bottom", dark_rows[::-1]),
+        ("left", dark_cols),
+        ("right", dark_cols[::-1]),
+    ):
         black = dark >= min_fraction
         run = int(np.argmin(black)) if not black.all() else len(black)
         if run == 0:
@@ -182,8 +206,9 @@ class _Settings:
         return hashlib.sha1(json.dumps(self.image_settings(), sort_keys=True).encode()).hexdigest()[:12]
 
     def within_limits(self, width: int, height: int) -> bool:
-        return ((self.max_pixels is None or width * height <= self.max_pixels)
-                and (self.min_size is None or min(width, height) >= self.min_size))
+        return (self.max_pixels is None or width * height <= self.max_pixels) and (
+            self.min_size is None or min(width, height) >= self.min_size
+        )
 
 
 SETTINGS_FILE = "preprocess.json"  # beside manifest.csv: how the images of a folder were made
@@ -247,8 +272,9 @@ def _process_one(task: dict, settings: _Settings) -> dict:
                 return {**result, "status": "quarantined", "reason": describe_black_band(band)}
         height, width = bgr.shape[:2]
         if settings.colour:
-            bgr = cv2.cvtColor(normalise_colour(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), settings.colour),
-                               cv2.COLOR_RGB2BGR)
+            bgr = cv2.cvtColor(
+                normalise_colour(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), settings.colour), cv2.COLOR_RGB2BGR
+            )
         out = resize_image(bgr, settings.size, settings.mode)
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, settings.quality])
         if not ok:
@@ -259,11 +285,18 @@ def _process_one(task: dict, settings: _Settings) -> dict:
         return {**result, "status": "quarantined", "reason": f"unexpected error: {type(exc).__name__}: {exc}"}
     payload = buf.tobytes()
     _write_jpeg(task["out_abs"], payload)
-    return {**result, "status": "ok", "key": settings.key, "raw_size": st.st_size,
-            "raw_mtime_ns": st.st_mtime_ns, "out_size": len(payload),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "phash": phash_gray(cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)),
-            "width": int(width), "height": int(height)}
+    return {
+        **result,
+        "status": "ok",
+        "key": settings.key,
+        "raw_size": st.st_size,
+        "raw_mtime_ns": st.st_mtime_ns,
+        "out_size": len(payload),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "phash": phash_gray(cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)),
+        "width": int(width),
+        "height": int(height),
+    }
 
 
 def _process_chunk(tasks: list[dict], settings: _Settings) -> list[dict]:
@@ -362,6 +395,7 @@ _guard_forkserver()
 
 # ----------------------------------------------------------------------------- resume journal
 
+
 class _Journal:
     """``progress.jsonl``: one JSON line per finished output, appended as results arrive."""
 
@@ -381,7 +415,7 @@ class _Journal:
         """The settings keys of the recorded outputs."""
         return {str(e.get("key")) for e in self.entries.values()}
 
-    def is_done(self, task: dict, key: str, limits: "_Settings | None" = None) -> dict | None:
+    def is_done(self, task: dict, key: str, limits: _Settings | None = None) -> dict | None:
         """The stored record when ``task``'s output is complete and up to date, else None."""
         entry = self.entries.get(task["out"])
         if not entry or entry.get("key") != key or entry.get("raw") != task["raw"]:
@@ -392,7 +426,11 @@ class _Journal:
             st, out_st = os.stat(task["raw"]), os.stat(task["out_abs"])
         except OSError:
             return None
-        if (st.st_size, st.st_mtime_ns, out_st.st_size) != (entry["raw_size"], entry["raw_mtime_ns"], entry["out_size"]):
+        if (st.st_size, st.st_mtime_ns, out_st.st_size) != (
+            entry["raw_size"],
+            entry["raw_mtime_ns"],
+            entry["out_size"],
+        ):
             return None
         return entry
 
@@ -419,13 +457,21 @@ class _Journal:
 
 # ----------------------------------------------------------------------------- the stage
 
+
 def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read a manifest CSV exactly as written (every column as text, empty cells stay "")."""
     return read_table(path, "manifest CSV", hint="a manifest has path, source, source_label, sub_label, label")
 
 
-def _check_args(size: int, mode: str, quality: int, jobs: int | None, colour: str | None,
-                max_pixels: int | None = MAX_PIXELS, min_size: int | None = MIN_SIZE) -> int:
+def _check_args(
+    size: int,
+    mode: str,
+    quality: int,
+    jobs: int | None,
+    colour: str | None,
+    max_pixels: int | None = MAX_PIXELS,
+    min_size: int | None = MIN_SIZE,
+) -> int:
     if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
         raise WbcError(f"--max-pixels must be a positive number of pixels, got {max_pixels!r}")
     if min_size is not None and (not isinstance(min_size, (int, np.integer)) or min_size < 1):
@@ -444,8 +490,7 @@ def _check_args(size: int, mode: str, quality: int, jobs: int | None, colour: st
     return jobs
 
 
-def _run_tasks(tasks: list[dict], settings: _Settings, jobs: int, journal: _Journal,
-               progress: bool) -> dict[int, dict]:
+def _run_tasks(tasks: list[dict], settings: _Settings, jobs: int, journal: _Journal, progress: bool) -> dict[int, dict]:
     """Run tasks serially (jobs=1) or in a process pool, journaling each finished output."""
     from tqdm.auto import tqdm
 
@@ -465,10 +510,12 @@ def _run_tasks(tasks: list[dict], settings: _Settings, jobs: int, journal: _Jour
                 collect([_process_one(task, settings)])
         else:
             chunk = max(1, min(32, len(tasks) // (jobs * 8)))
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context(),
-                                     initializer=_init_worker, initargs=(os.getpid(),)) as pool:
-                futures = [pool.submit(_process_chunk, tasks[i:i + chunk], settings)
-                           for i in range(0, len(tasks), chunk)]
+            with ProcessPoolExecutor(
+                max_workers=jobs, mp_context=_pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
+            ) as pool:
+                futures = [
+                    pool.submit(_process_chunk, tasks[i : i + chunk], settings) for i in range(0, len(tasks), chunk)
+                ]
                 try:
                     for future in as_completed(futures):
                         collect(future.result())
@@ -498,8 +545,11 @@ def _settings_conflict(out_dir: Path, settings: _Settings, journal: _Journal) ->
             recorded = None
         if not isinstance(recorded, dict):
             return f"{recorded_path} is unreadable, so the settings of its images are unknown"
-        changed = [f"{k} {recorded[k]!r} -> {wanted[k]!r}" for k in IMAGE_SETTINGS
-                   if k in recorded and recorded[k] != wanted[k]]
+        changed = [
+            f"{k} {recorded[k]!r} -> {wanted[k]!r}"
+            for k in IMAGE_SETTINGS
+            if k in recorded and recorded[k] != wanted[k]
+        ]
         if changed:
             return "its images were made with other settings (" + ", ".join(changed) + ")"
         return None
@@ -530,12 +580,21 @@ def _remove_stale_parts(out_dir: Path) -> None:
         part.unlink(missing_ok=True)
 
 
-def preprocess_manifest(manifest: pd.DataFrame, out_dir: str | os.PathLike, size: int = 400, *,
-                        mode: str = "stretch", quality: int = 95, jobs: int | None = None,
-                        remove_black_band: bool = True, colour: str | None = None,
-                        progress: bool = True, overwrite: bool = False,
-                        max_pixels: int | None = MAX_PIXELS,
-                        min_size: int | None = MIN_SIZE) -> tuple[pd.DataFrame, pd.DataFrame]:
+def preprocess_manifest(
+    manifest: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    size: int = 400,
+    *,
+    mode: str = "stretch",
+    quality: int = 95,
+    jobs: int | None = None,
+    remove_black_band: bool = True,
+    colour: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    max_pixels: int | None = MAX_PIXELS,
+    min_size: int | None = MIN_SIZE,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every image of ``manifest``, resize it and write an RGB JPEG under ``out_dir``.
 
     Returns ``(processed, quarantine)``, also written as ``manifest.csv`` and ``quarantine.csv``.
@@ -549,28 +608,39 @@ def preprocess_manifest(manifest: pd.DataFrame, out_dir: str | os.PathLike, size
     jobs = _check_args(size, mode, quality, jobs, colour, max_pixels, min_size)
     missing = [c for c in ("path", "label") if c not in manifest.columns]
     if missing:
-        raise WbcError(f"manifest lacks column(s) {', '.join(missing)}; columns found: {', '.join(map(str, manifest.columns))}")
+        raise WbcError(
+            f"manifest lacks column(s) {', '.join(missing)}; columns found: {', '.join(map(str, manifest.columns))}"
+        )
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise WbcError(f"{out_dir}: exists and is not a folder")
-    settings = _Settings(int(size), mode, int(quality), bool(remove_black_band), colour,
-                         None if max_pixels is None else int(max_pixels),
-                         None if min_size is None else int(min_size))
+    settings = _Settings(
+        int(size),
+        mode,
+        int(quality),
+        bool(remove_black_band),
+        colour,
+        None if max_pixels is None else int(max_pixels),
+        None if min_size is None else int(min_size),
+    )
     with FolderLock(out_dir, "preprocess"):
         out_dir.mkdir(parents=True, exist_ok=True)
         conflict = _settings_conflict(out_dir, settings, _Journal(out_dir / "progress.jsonl"))
         if conflict and not overwrite:
-            raise WbcError(f"{out_dir}: {conflict}; preprocess.json would no longer describe them. "
-                           "Pass --overwrite (overwrite=True) to replace them, or choose another "
-                           "output folder.")
+            raise WbcError(
+                f"{out_dir}: {conflict}; preprocess.json would no longer describe them. "
+                "Pass --overwrite (overwrite=True) to replace them, or choose another "
+                "output folder."
+            )
         if conflict or overwrite:
             _clear_outputs(out_dir)
         _remove_stale_parts(out_dir)
         return _preprocess_locked(manifest, out_dir, settings, jobs, progress)
 
 
-def _preprocess_locked(manifest: pd.DataFrame, out_dir: Path, settings: _Settings, jobs: int,
-                       progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _preprocess_locked(
+    manifest: pd.DataFrame, out_dir: Path, settings: _Settings, jobs: int, progress: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The body of ``preprocess_manifest``, run while holding the folder lock."""
     key = settings.key
     journal = _Journal(out_dir / "progress.jsonl")
@@ -585,7 +655,9 @@ def _preprocess_locked(manifest: pd.DataFrame, out_dir: Path, settings: _Setting
         out_rel = f"images/{label}/{output_name(raw, source)}"
         task = {"index": i, "raw": raw, "out": out_rel, "out_abs": str(out_dir / out_rel)}
         if out_rel in seen:
-            quarantined.append({"index": i, "reason": f"duplicate manifest row (same file and label as row {seen[out_rel]})"})
+            quarantined.append(
+                {"index": i, "reason": f"duplicate manifest row (same file and label as row {seen[out_rel]})"}
+            )
             continue
         seen[out_rel] = i
         entry = journal.is_done(task, key, settings)
@@ -608,10 +680,17 @@ def _preprocess_locked(manifest: pd.DataFrame, out_dir: Path, settings: _Setting
 
     quarantined.sort(key=lambda q: q["index"])
     quarantine = pd.DataFrame(
-        [{"path": rows.at[q["index"], "path"],
-          "source": rows.at[q["index"], "source"] if "source" in rows.columns else "",
-          "label": rows.at[q["index"], "label"], "reason": q["reason"]} for q in quarantined],
-        columns=list(QUARANTINE_COLUMNS))
+        [
+            {
+                "path": rows.at[q["index"], "path"],
+                "source": rows.at[q["index"], "source"] if "source" in rows.columns else "",
+                "label": rows.at[q["index"], "label"],
+                "reason": q["reason"],
+            }
+            for q in quarantined
+        ],
+        columns=list(QUARANTINE_COLUMNS),
+    )
 
     write_csv_atomic(processed, out_dir / "manifest.csv")
     write_csv_atomic(quarantine, out_dir / "quarantine.csv")
@@ -619,7 +698,9 @@ def _preprocess_locked(manifest: pd.DataFrame, out_dir: Path, settings: _Setting
     # Last: the settings record describes a complete folder.
     write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n")
     processed.attrs["counts"] = {
-        "processed": len(ok) - len(done), "skipped": len(done), "quarantined": len(quarantine),
+        "processed": len(ok) - len(done),
+        "skipped": len(done),
+        "quarantined": len(quarantine),
         "black_band": int(quarantine["reason"].str.startswith(BLACK_BAND_PREFIX).sum()),
     }
     return processed, quarantine

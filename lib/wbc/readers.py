@@ -16,14 +16,15 @@ with its bytes shown as ``\\xNN``, never a crash of ``manifest``.
 Files are checked by name, size and their first bytes (JPEG/PNG/TIFF signature), not decoded,
 so reading the full 17k-image PBC release takes seconds. Raw files are only ever read.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,12 +39,15 @@ MANIFEST_COLUMNS = ["path", "source", "source_label", "sub_label", "label"]
 SKIPPED_COLUMNS = ["path", "reason"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 DATASET_DIRS = {key.lower(): name for key, name in SOURCE_DIRS.items()}
-BAD_NAME_REASON = ("unreadable name: not valid UTF-8 (the bytes are shown as \\xNN); rename it "
-                   "(e.g. convmv -f latin1 -t utf8) to include it")
+BAD_NAME_REASON = (
+    "unreadable name: not valid UTF-8 (the bytes are shown as \\xNN); rename it "
+    "(e.g. convmv -f latin1 -t utf8) to include it"
+)
 _PREFIX = re.compile(r"^([A-Za-z]+)_")
 
 
 # ---------------------------------------------------------------- single files
+
 
 def check_image_file(path: Path) -> str | None:
     """None when ``path`` looks like an image; otherwise the reason to skip it."""
@@ -79,6 +83,7 @@ def summarise_reasons(skipped: pd.DataFrame) -> pd.Series:
 
 # ---------------------------------------------------------------- layout checks
 
+
 def _listing(folder: Path, limit: int = 12) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
     more = f" ... (+{len(names) - limit} more)" if len(names) > limit else ""
@@ -93,19 +98,26 @@ def _layout_error(root: Path, dirname: str, expected: Sequence[str]) -> LayoutEr
     """A LayoutError that says what was expected, what was found and how to fix it."""
     want = f"{dirname}/ with class folders {', '.join(expected)}"
     if not root.exists():
-        return LayoutError(f"{root} does not exist. Expected {want}. Download the data "
-                           "(python -m wbc download ...) or fix the path.")
+        return LayoutError(
+            f"{root} does not exist. Expected {want}. Download the data (python -m wbc download ...) or fix the path."
+        )
     if not root.is_dir():
         return LayoutError(f"{root} is a file, not a folder. Expected {want}.")
     if (root / dirname).is_dir():
-        return LayoutError(f"{root} holds {dirname}/ (one level too shallow): pass {root / dirname} "
-                           f"to this reader, or give {root} as the data folder (--data-dir).")
+        return LayoutError(
+            f"{root} holds {dirname}/ (one level too shallow): pass {root / dirname} "
+            f"to this reader, or give {root} as the data folder (--data-dir)."
+        )
     if root.name in expected or _has_images(root):
-        return LayoutError(f"{root} looks like a single class folder (one level too deep): "
-                           f"point at its parent {root.parent}, which should hold {', '.join(expected)}.")
-    return LayoutError(f"{root} has none of the expected class folders ({', '.join(expected)}); "
-                       f"found {_listing(root)}. Point at the {dirname}/ folder as unpacked from "
-                       "the download (see data/README.md).")
+        return LayoutError(
+            f"{root} looks like a single class folder (one level too deep): "
+            f"point at its parent {root.parent}, which should hold {', '.join(expected)}."
+        )
+    return LayoutError(
+        f"{root} has none of the expected class folders ({', '.join(expected)}); "
+        f"found {_listing(root)}. Point at the {dirname}/ folder as unpacked from "
+        "the download (see data/README.md)."
+    )
 
 
 def locate_dataset(name: str, data_dir: str | os.PathLike) -> Path:
@@ -123,23 +135,31 @@ def locate_dataset(name: str, data_dir: str | os.PathLike) -> Path:
     expected = {"pbc": PBC_CLASSES, "lmu": tuple(LMU_CODES), "all": ALL_VERSIONS}[name]
     present = {p.name for p in data_dir.iterdir() if p.is_dir()}
     if data_dir.name == dirname or present & set(expected):
-        raise LayoutError(f"{data_dir} is the {dirname}/ folder itself (one level too deep); "
-                          f"{fix}, i.e. {data_dir.resolve().parent}.")
+        raise LayoutError(
+            f"{data_dir} is the {dirname}/ folder itself (one level too deep); {fix}, i.e. {data_dir.resolve().parent}."
+        )
     if data_dir.name in expected or (data_dir.parent.name == dirname):
-        raise LayoutError(f"{data_dir} is a class folder inside {dirname}/ (two levels too deep); "
-                          f"{fix}, i.e. {data_dir.resolve().parent.parent}.")
+        raise LayoutError(
+            f"{data_dir} is a class folder inside {dirname}/ (two levels too deep); "
+            f"{fix}, i.e. {data_dir.resolve().parent.parent}."
+        )
     deeper = sorted(p for p in data_dir.iterdir() if p.is_dir() and (p / dirname).is_dir())
     if deeper:
-        raise LayoutError(f"{dirname}/ is inside {deeper[0]} (one level too shallow); {fix}, "
-                          f"i.e. --data-dir {deeper[0]}.")
-    raise LayoutError(f"expected {folder}/ but found {_listing(data_dir)} in {data_dir}; {fix} "
-                      f"(python -m wbc download {name} --data-dir {data_dir} fetches it).")
+        raise LayoutError(
+            f"{dirname}/ is inside {deeper[0]} (one level too shallow); {fix}, i.e. --data-dir {deeper[0]}."
+        )
+    raise LayoutError(
+        f"expected {folder}/ but found {_listing(data_dir)} in {data_dir}; {fix} "
+        f"(python -m wbc download {name} --data-dir {data_dir} fetches it)."
+    )
 
 
 # ---------------------------------------------------------------- folder scan
 
-def _scan(root: Path, source: str, expected: Sequence[str],
-          sub_label: Callable[[str, str], tuple[str, str | None]]) -> tuple[list[dict], list[dict]]:
+
+def _scan(
+    root: Path, source: str, expected: Sequence[str], sub_label: Callable[[str, str], tuple[str, str | None]]
+) -> tuple[list[dict], list[dict]]:
     """Read ``root/<class>/<file>``; return manifest rows and skipped rows.
 
     ``sub_label(class, filename)`` returns ``(sub_label, problem or None)``.
@@ -156,8 +176,12 @@ def _scan(root: Path, source: str, expected: Sequence[str],
             continue
         if entry.name not in expected:
             count = sum(1 for p in entry.rglob("*") if p.is_file())
-            skipped.append({"path": str(entry), "reason": f"unknown folder: {count} file(s) not read; "
-                            f"expected class folders {', '.join(expected)}"})
+            skipped.append(
+                {
+                    "path": str(entry),
+                    "reason": f"unknown folder: {count} file(s) not read; expected class folders {', '.join(expected)}",
+                }
+            )
             continue
         children = sorted(entry.iterdir())
         if not children:
@@ -167,8 +191,12 @@ def _scan(root: Path, source: str, expected: Sequence[str],
                 skipped.append({"path": display_path(child), "reason": BAD_NAME_REASON})
                 continue
             if child.is_dir():
-                skipped.append({"path": str(child), "reason": "unknown folder: sub-folder inside "
-                                f"class folder {entry.name}/ not read"})
+                skipped.append(
+                    {
+                        "path": str(child),
+                        "reason": f"unknown folder: sub-folder inside class folder {entry.name}/ not read",
+                    }
+                )
                 continue
             reason = check_image_file(child)
             if reason:
@@ -177,13 +205,25 @@ def _scan(root: Path, source: str, expected: Sequence[str],
             sub, problem = sub_label(entry.name, child.name)
             if problem:
                 skipped.append({"path": str(child), "reason": problem})
-            rows.append({"path": str(child), "source": source, "source_label": entry.name,
-                         "sub_label": sub, "label": entry.name, "_size": child.stat().st_size})
+            rows.append(
+                {
+                    "path": str(child),
+                    "source": source,
+                    "source_label": entry.name,
+                    "sub_label": sub,
+                    "label": entry.name,
+                    "_size": child.stat().st_size,
+                }
+            )
     present = {p.name for p in root.iterdir() if p.is_dir()}
     for name in expected:
         if name not in present:
-            skipped.append({"path": str(root / name), "reason": "missing class folder: "
-                            f"{name}/ is part of the standard layout but absent"})
+            skipped.append(
+                {
+                    "path": str(root / name),
+                    "reason": f"missing class folder: {name}/ is part of the standard layout but absent",
+                }
+            )
     return rows, skipped
 
 
@@ -196,8 +236,10 @@ def _pbc_sub_label(folder: str, filename: str) -> tuple[str, str | None]:
     known = PBC_PREFIXES[folder]
     if prefix in known:
         return prefix, None
-    return prefix, (f"unknown prefix: {prefix or '(none)'!r} is not a known prefix of {folder}/ "
-                    f"({', '.join(known)}); kept in the manifest with sub_label {prefix!r}")
+    return prefix, (
+        f"unknown prefix: {prefix or '(none)'!r} is not a known prefix of {folder}/ "
+        f"({', '.join(known)}); kept in the manifest with sub_label {prefix!r}"
+    )
 
 
 def find_cross_label_duplicates(rows: pd.DataFrame, head_bytes: int = 1 << 16) -> pd.DataFrame:
@@ -206,6 +248,7 @@ def find_cross_label_duplicates(rows: pd.DataFrame, head_bytes: int = 1 << 16) -
     Only files that share their size with a file of another label are hashed (first
     ``head_bytes``, then the whole file with ``file_digest``), so this stays fast.
     """
+
     def multi_label(df: pd.DataFrame, key: str) -> pd.DataFrame:
         return df[df.groupby(key)["label"].transform("nunique") > 1]
 
@@ -225,8 +268,13 @@ def find_cross_label_duplicates(rows: pd.DataFrame, head_bytes: int = 1 << 16) -
         for row in group.itertuples():
             others = group[group["label"] != row.label]
             where = "; ".join(f"{p} (label {lab})" for p, lab in zip(others["path"], others["label"]))
-            out.append({"path": row.path, "reason": f"duplicate: byte-identical to {where}, filed under "
-                        "another label; both rows kept in the manifest"})
+            out.append(
+                {
+                    "path": row.path,
+                    "reason": f"duplicate: byte-identical to {where}, filed under "
+                    "another label; both rows kept in the manifest",
+                }
+            )
     return pd.DataFrame(out, columns=SKIPPED_COLUMNS).sort_values("path", ignore_index=True)
 
 
@@ -236,8 +284,9 @@ def _head_digest(path: str, n: int) -> str:
         return hashlib.sha256(fh.read(n)).hexdigest()
 
 
-def _finish(rows: list[dict], skipped: list[dict], columns: list[str],
-            check_duplicates: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _finish(
+    rows: list[dict], skipped: list[dict], columns: list[str], check_duplicates: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     manifest = pd.DataFrame(rows, columns=columns + ["_size"]).sort_values("path", ignore_index=True)
     skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
     skipped_df["path"] = skipped_df["path"].map(display_path)  # always writable as UTF-8 text
@@ -247,8 +296,14 @@ def _finish(rows: list[dict], skipped: list[dict], columns: list[str],
     return manifest[columns], skipped_df
 
 
-def _read_classes(root: str | os.PathLike, source: str, dirname: str, expected: Sequence[str],
-                  sub_label: Callable, check_duplicates: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_classes(
+    root: str | os.PathLike,
+    source: str,
+    dirname: str,
+    expected: Sequence[str],
+    sub_label: Callable,
+    check_duplicates: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     root = Path(root).expanduser()
     if not root.is_dir() or not any((root / name).is_dir() for name in expected):
         raise _layout_error(root, dirname, expected)
@@ -257,6 +312,7 @@ def _read_classes(root: str | os.PathLike, source: str, dirname: str, expected: 
 
 
 # ---------------------------------------------------------------- public readers
+
 
 def read_pbc(root: str | os.PathLike, check_duplicates: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read ``PBC_dataset_normal_DIB/`` (8 class folders of JPEGs); sub_label = file-name prefix."""
@@ -268,8 +324,9 @@ def read_lmu(root: str | os.PathLike, check_duplicates: bool = True) -> tuple[pd
     return _read_classes(root, "LMU", LMU_DIRNAME, tuple(LMU_CODES), _no_sub_label, check_duplicates)
 
 
-def read_all(root: str | os.PathLike, version: str = "Original",
-             check_duplicates: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_all(
+    root: str | os.PathLike, version: str = "Original", check_duplicates: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read ``ALL_Kaggle/<version>/{Benign,Early,Pre,Pro}``; ``version`` may also be ``"both"``."""
     versions = ALL_VERSIONS if version == "both" else (version,)
     if not set(versions) <= set(ALL_VERSIONS):
@@ -277,8 +334,10 @@ def read_all(root: str | os.PathLike, version: str = "Original",
     root = Path(root).expanduser()
     if not root.is_dir() or not any((root / v).is_dir() for v in versions):
         if root.is_dir() and any((root / c).is_dir() for c in ALL_CLASSES):
-            raise LayoutError(f"{root} holds the class folders directly (one level too deep): point at "
-                              f"its parent {root.resolve().parent}, which should hold {'/, '.join(ALL_VERSIONS)}/.")
+            raise LayoutError(
+                f"{root} holds the class folders directly (one level too deep): point at "
+                f"its parent {root.resolve().parent}, which should hold {'/, '.join(ALL_VERSIONS)}/."
+            )
         raise _layout_error(root, ALL_DIRNAME, versions)
     root = root.resolve()
     manifests, skipped = [], []
@@ -287,8 +346,11 @@ def read_all(root: str | os.PathLike, version: str = "Original",
             skipped.append(pd.DataFrame([{"path": display_path(entry), "reason": BAD_NAME_REASON}]))
             continue
         if entry.name not in ALL_VERSIONS:
-            reason = (check_image_file(entry) or "outside the version folders: not read") if entry.is_file() \
+            reason = (
+                (check_image_file(entry) or "outside the version folders: not read")
+                if entry.is_file()
                 else f"unknown folder: expected only {', '.join(ALL_VERSIONS)}/"
+            )
             skipped.append(pd.DataFrame([{"path": str(entry), "reason": reason}]))
     for v in versions:
         folder = root / v
@@ -313,7 +375,14 @@ def read_dataset(name: str, data_dir: str | os.PathLike, **kwargs) -> tuple[pd.D
 # ---------------------------------------------------------------- BloodMNIST
 
 BLOODMNIST_CLASSES: tuple[str, ...] = (
-    "basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet",
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
 )
 BLOODMNIST_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -348,16 +417,25 @@ def read_bloodmnist(npz_path: str | os.PathLike) -> BloodMnist:
         if x.ndim == 3:  # grayscale MedMNIST sets have no channel axis
             x = np.repeat(x[..., None], 3, axis=-1)
         if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
-            raise WbcError(f"{path}: {split} arrays have shapes {x.shape} / {y.shape}; "
-                           "expected (N, H, W, 3) images and N labels")
+            raise WbcError(
+                f"{path}: {split} arrays have shapes {x.shape} / {y.shape}; expected (N, H, W, 3) images and N labels"
+            )
         if len(y) and (y.min() < 0 or y.max() >= len(BLOODMNIST_CLASSES)):
             raise WbcError(f"{path}: {split}_labels outside 0..{len(BLOODMNIST_CLASSES) - 1}")
         images[split], labels[split] = x.astype(np.uint8, copy=False), y.astype(np.int64)
     return BloodMnist(images, labels, BLOODMNIST_CLASSES, str(path))
 
 
-_BLOODMNIST_PREFIX = {"basophil": "BA", "eosinophil": "EO", "erythroblast": "ERB", "ig": "IG",
-                      "lymphocyte": "LY", "monocyte": "MO", "neutrophil": "NEUTROPHIL", "platelet": "PLATELET"}
+_BLOODMNIST_PREFIX = {
+    "basophil": "BA",
+    "eosinophil": "EO",
+    "erythroblast": "ERB",
+    "ig": "IG",
+    "lymphocyte": "LY",
+    "monocyte": "MO",
+    "neutrophil": "NEUTROPHIL",
+    "platelet": "PLATELET",
+}
 
 
 def write_bloodmnist_folders(data: BloodMnist, out_root: str | os.PathLike) -> pd.DataFrame:
@@ -382,6 +460,14 @@ def write_bloodmnist_folders(data: BloodMnist, out_root: str | os.PathLike) -> p
                 if not ok:
                     raise WbcError(f"could not encode {split} image {index} of {data.source_path} as PNG")
                 write_bytes_atomic(target, png.tobytes())
-            rows.append({"path": str(target), "source": "BloodMNIST", "source_label": name,
-                         "sub_label": prefix, "label": name, "split": split})
+            rows.append(
+                {
+                    "path": str(target),
+                    "source": "BloodMNIST",
+                    "source_label": name,
+                    "sub_label": prefix,
+                    "label": name,
+                    "split": split,
+                }
+            )
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS + ["split"]).sort_values("path", ignore_index=True)

@@ -7,6 +7,7 @@ never modified. The run stops at the first failing notebook, naming it and the f
 Two things are added to papermill: the kernel's start-up warning is silenced, and the final
 text of each progress bar is stored for viewers that do not run widgets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,15 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> float:
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(str(path), str(target), kernel_name="python3", cwd=str(path.parent),
-                                   progress_bar=False, execution_timeout=timeout,
-                                   extra_arguments=list(KERNEL_ARGUMENTS))
+        papermill.execute_notebook(
+            str(path),
+            str(target),
+            kernel_name="python3",
+            cwd=str(path.parent),
+            progress_bar=False,
+            execution_timeout=timeout,
+            extra_arguments=list(KERNEL_ARGUMENTS),
+        )
         failure = None
     except PapermillExecutionError as exc:
         failure = exc
@@ -62,8 +69,10 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> float:
     if failure is not None:
         first = (str(failure.source).strip().splitlines() or [""])[0][:70]
         trace = "\n".join("\n".join(failure.traceback).strip().splitlines()[-25:])
-        raise WbcError(f"{path.name} failed at cell {failure.cell_index} ({first!r}) (executed copy with the "
-                       f"error: {target}):\n{failure.ename}: {failure.evalue}\n{trace}") from None
+        raise WbcError(
+            f"{path.name} failed at cell {failure.cell_index} ({first!r}) (executed copy with the "
+            f"error: {target}):\n{failure.ename}: {failure.evalue}\n{trace}"
+        ) from None
     return time.perf_counter() - start
 
 
@@ -73,8 +82,11 @@ def progress_text(state: dict, model_id: str) -> str | None:
     if box.get("model_name") != "HBoxModel":
         return None
     parts = [state.get(str(c).removeprefix("IPY_MODEL_"), {}) for c in box.get("state", {}).get("children", [])]
-    texts = [html.unescape(str(w["state"].get("value", ""))).replace("\u2007", " ") for w in parts
-             if w.get("model_name") == "HTMLModel"]
+    texts = [
+        html.unescape(str(w["state"].get("value", ""))).replace("\u2007", " ")
+        for w in parts
+        if w.get("model_name") == "HTMLModel"
+    ]
     bars = [w["state"] for w in parts if w.get("model_name") == "FloatProgressModel"]
     if len(texts) != 2 or len(bars) != 1:
         return None
@@ -102,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected notebooks and print a table of seconds per notebook."""
     profile = config.get_profile()
     parser = argparse.ArgumentParser(prog="python -m wbc.run_notebooks", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=config.output_dir() / f"notebooks-{profile.name}",
-                        help="folder for the executed copies (default: outputs/notebooks-<profile>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=config.output_dir() / f"notebooks-{profile.name}",
+        help="folder for the executed copies (default: outputs/notebooks-<profile>)",
+    )
     parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers or names)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default 1800)")
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ Notebooks reuse a run only when it was made by the same settings *and the same c
 notebook functions they call), so a student who edits a layer or a callback in a notebook cell
 gets a new run, never a stale one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,9 @@ import inspect
 import json
 import shutil
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -88,8 +90,9 @@ def code_fingerprint(*objects: Callable) -> str:
         digest.update(_source(obj) + repr((obj.__defaults__, obj.__kwdefaults__)).encode())
         for name in sorted(_names(code)):
             target = obj.__globals__.get(name)
-            if (inspect.isfunction(target) or inspect.isclass(target)) and \
-                    getattr(target, "__module__", "") in _LESSON_MODULES:
+            if (inspect.isfunction(target) or inspect.isclass(target)) and getattr(
+                target, "__module__", ""
+            ) in _LESSON_MODULES:
                 visit(target)
 
     for obj in objects:
@@ -119,8 +122,9 @@ def start_run(run_dir: str | Path, overwrite: bool = False) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise WbcError(f"{run_dir}: exists and is not a folder")
     if is_complete(run_dir) and not overwrite:
-        raise WbcError(f"{run_dir}: already holds a complete run; choose another --out or "
-                       "pass --overwrite to replace it")
+        raise WbcError(
+            f"{run_dir}: already holds a complete run; choose another --out or pass --overwrite to replace it"
+        )
     for name in RUN_OUTPUTS:
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "evaluation", ignore_errors=True)  # it described the old model
@@ -132,12 +136,16 @@ def best_epoch(history: pd.DataFrame, phase1_epochs: int) -> dict[str, Any]:
     """Epoch (1-based), phase and validation accuracy of the best epoch in ``history.csv``."""
     row = history.loc[history["val_accuracy"].idxmax()]
     epoch = int(row["epoch"])
-    return {"best_epoch": epoch, "best_phase": 1 if epoch <= phase1_epochs else 2,
-            "best_val_accuracy": float(row["val_accuracy"]), "epochs_run": int(len(history)),
-            "phase1_epochs": int(phase1_epochs)}
+    return {
+        "best_epoch": epoch,
+        "best_phase": 1 if epoch <= phase1_epochs else 2,
+        "best_val_accuracy": float(row["val_accuracy"]),
+        "epochs_run": int(len(history)),
+        "phase1_epochs": int(phase1_epochs),
+    }
 
 
-def finish_run(run_dir: str | Path, model: "keras.Model", config: dict, phase1_epochs: int) -> dict:
+def finish_run(run_dir: str | Path, model: keras.Model, config: dict, phase1_epochs: int) -> dict:
     """Save ``model.keras``, then ``config.json`` (last: it marks the run complete); returns the config.
 
     ``config`` holds the settings; the best epoch and its phase are added from ``history.csv``.
@@ -172,8 +180,10 @@ def read_config(run_dir: str | Path) -> dict:
     """``config.json`` of a run folder; WbcError when missing, unreadable or not a JSON object."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise WbcError(f"{Path(run_dir)}: incomplete run (config.json missing); the training was "
-                       "interrupted or failed: train again with --overwrite")
+        raise WbcError(
+            f"{Path(run_dir)}: incomplete run (config.json missing); the training was "
+            "interrupted or failed: train again with --overwrite"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -183,7 +193,7 @@ def read_config(run_dir: str | Path) -> dict:
     return config
 
 
-def load_run(run_dir: str | Path) -> tuple["keras.Model", dict]:
+def load_run(run_dir: str | Path) -> tuple[keras.Model, dict]:
     """The trained model and ``config.json`` of a run folder; WbcError when incomplete."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -201,6 +211,5 @@ def load_run(run_dir: str | Path) -> tuple["keras.Model", dict]:
     try:
         model = keras.models.load_model(model_path)
     except Exception as exc:
-        raise WbcError(f"{model_path}: corrupt or unreadable model file ({type(exc).__name__}: "
-                       f"{exc})") from exc
+        raise WbcError(f"{model_path}: corrupt or unreadable model file ({type(exc).__name__}: {exc})") from exc
     return model, config

@@ -7,13 +7,14 @@ TensorFlow and lists devices once with the process's stderr (file descriptor 2) 
 ``/dev/null``, so what students see is what matters. Python errors are not hidden: they are
 raised after stderr is restored. Set ``WBC_TF_VERBOSE=1`` to see everything.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator
 
 
 @contextlib.contextmanager

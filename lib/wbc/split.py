@@ -7,14 +7,15 @@ in ALL, the Original and Segmented versions of one picture. A group is placed in
 whole, class by class, with a seed (``split_manifest``); ``audit_splits`` lists every group,
 any group that spans splits (a leak) and any class missing from a split.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,16 @@ import pandas as pd
 from wbc import fileio
 from wbc.config import DEFAULT_FRACTIONS, SPLITS
 from wbc.errors import WbcError
-from wbc.images import (PHASH_THRESHOLD, PIXEL_THRESHOLD, hamming, perceptual_hash,  # noqa: F401 (re-exported)
-                        pixel_distance, read_image, thumbnail, thumbnail_distance)
+from wbc.images import (  # noqa: F401 (re-exported)
+    PHASH_THRESHOLD,
+    PIXEL_THRESHOLD,
+    hamming,
+    perceptual_hash,
+    pixel_distance,
+    read_image,
+    thumbnail,
+    thumbnail_distance,
+)
 from wbc.locking import FolderLock
 
 CROSS_LABEL_POLICIES = ("drop_both", "keep_one", "report")
@@ -75,6 +84,7 @@ def content_hashes(manifest: pd.DataFrame, *, progress: bool = False) -> pd.Data
 
 # ----------------------------------------------------------------------------- groups
 
+
 def near_duplicate_pairs(phashes: Sequence[str], threshold: int = PHASH_THRESHOLD) -> Iterator[tuple[int, int]]:
     """Index pairs ``(i, j)``, ``i < j``, whose hashes differ in at most ``threshold`` bits
     (candidates only). All pairs are compared with numpy in blocks of about 8 million, so memory
@@ -83,15 +93,18 @@ def near_duplicate_pairs(phashes: Sequence[str], threshold: int = PHASH_THRESHOL
     n = len(values)
     block = max(1, (1 << 23) // max(n, 1))
     for start in range(0, n, block):
-        dist = np.bitwise_count(values[start:start + block, None] ^ values[None, start:])
+        dist = np.bitwise_count(values[start : start + block, None] ^ values[None, start:])
         ii, jj = np.nonzero(dist <= threshold)
         ii, jj = ii + start, jj + start
         yield from zip(ii[jj > ii].tolist(), jj[jj > ii].tolist())
 
 
-def confirmed_near_duplicate_pairs(paths: Sequence[str], phashes: Sequence[str],
-                                   phash_threshold: int = PHASH_THRESHOLD,
-                                   pixel_threshold: float | None = PIXEL_THRESHOLD) -> list[tuple[int, int]]:
+def confirmed_near_duplicate_pairs(
+    paths: Sequence[str],
+    phashes: Sequence[str],
+    phash_threshold: int = PHASH_THRESHOLD,
+    pixel_threshold: float | None = PIXEL_THRESHOLD,
+) -> list[tuple[int, int]]:
     """The candidate pairs of ``near_duplicate_pairs`` whose images, read from ``paths`` (only
     those, each once), lie less than ``pixel_threshold`` apart (``pixel_distance``);
     ``pixel_threshold=None`` trusts the hashes alone."""
@@ -108,8 +121,12 @@ def confirmed_near_duplicate_pairs(paths: Sequence[str], phashes: Sequence[str],
     return [(i, j) for i, j in candidates if thumbnail_distance(thumb(i), thumb(j)) < pixel_threshold]
 
 
-def duplicate_groups(manifest: pd.DataFrame, phash_threshold: int | None = PHASH_THRESHOLD, *,
-                     pixel_threshold: float | None = PIXEL_THRESHOLD) -> pd.Series:
+def duplicate_groups(
+    manifest: pd.DataFrame,
+    phash_threshold: int | None = PHASH_THRESHOLD,
+    *,
+    pixel_threshold: float | None = PIXEL_THRESHOLD,
+) -> pd.Series:
     """Group id per row (``Series`` named ``group``, aligned with ``manifest``).
 
     Rows share a group when linked, directly or through other rows, by: the same ``sha256``;
@@ -124,8 +141,11 @@ def duplicate_groups(manifest: pd.DataFrame, phash_threshold: int | None = PHASH
 
     if manifest.empty:
         return pd.Series([], index=manifest.index, name="group", dtype=int)
-    df = content_hashes(manifest) if (_missing(manifest, "sha256").any()
-                                      or (phash_threshold is not None and _missing(manifest, "phash").any())) else manifest
+    df = (
+        content_hashes(manifest)
+        if (_missing(manifest, "sha256").any() or (phash_threshold is not None and _missing(manifest, "phash").any()))
+        else manifest
+    )
     n = len(df)
     keys = [df["sha256"].astype(str)]
     if "version" in df.columns:
@@ -138,8 +158,9 @@ def duplicate_groups(manifest: pd.DataFrame, phash_threshold: int | None = PHASH
         first = pd.Series(range(n)).groupby(key.to_numpy()).transform("min").to_numpy()
         edges += zip(first.tolist(), range(n))
     if phash_threshold is not None:
-        edges += confirmed_near_duplicate_pairs(df["path"].astype(str).tolist(), df["phash"].astype(str).tolist(),
-                                                phash_threshold, pixel_threshold)
+        edges += confirmed_near_duplicate_pairs(
+            df["path"].astype(str).tolist(), df["phash"].astype(str).tolist(), phash_threshold, pixel_threshold
+        )
     rows, cols = np.array(edges, dtype=np.int64).reshape(-1, 2).T
     _, roots = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
     first_path = pd.Series(df["path"].astype(str).to_numpy()).groupby(roots).min()
@@ -148,6 +169,7 @@ def duplicate_groups(manifest: pd.DataFrame, phash_threshold: int | None = PHASH
 
 
 # ----------------------------------------------------------------------------- splits
+
 
 class Splits(dict):
     """``{"train", "val", "test"}`` DataFrames; ``.dropped`` holds the rows the cross-label
@@ -161,8 +183,10 @@ class Splits(dict):
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
     fr = np.asarray(list(fractions), dtype=float)
     if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0, atol=1e-6) or fr[0] <= 0:
-        raise WbcError(f"fractions must be three non-negative numbers (train, val, test) summing to 1 "
-                       f"with train > 0, got {list(fractions)}")
+        raise WbcError(
+            f"fractions must be three non-negative numbers (train, val, test) summing to 1 "
+            f"with train > 0, got {list(fractions)}"
+        )
     return fr
 
 
@@ -212,17 +236,28 @@ def check_labels(manifest: pd.DataFrame) -> None:
     text = labels.astype(str)
     bad = labels.isna() | (text.str.strip() == "") | text.str.contains(r"[\r\n]", regex=True)
     if bad.any():
-        shown = [f"row {i}: {manifest.at[i, 'path'] if 'path' in manifest.columns else '?'} "
-                 f"(label {labels.at[i]!r})" for i in manifest.index[bad][:10]]
+        shown = [
+            f"row {i}: {manifest.at[i, 'path'] if 'path' in manifest.columns else '?'} (label {labels.at[i]!r})"
+            for i in manifest.index[bad][:10]
+        ]
         more = f"\n  ... and {int(bad.sum()) - 10} more" if bad.sum() > 10 else ""
-        raise WbcError(f"{int(bad.sum())} row(s) have an empty or unusable label (a class needs a "
-                       "non-blank name on one line):\n  " + "\n  ".join(shown) + more
-                       + "\nGive those images a class or remove the rows, then split again.")
+        raise WbcError(
+            f"{int(bad.sum())} row(s) have an empty or unusable label (a class needs a "
+            "non-blank name on one line):\n  "
+            + "\n  ".join(shown)
+            + more
+            + "\nGive those images a class or remove the rows, then split again."
+        )
 
 
-def split_manifest(manifest: pd.DataFrame, fractions: Sequence[float] = DEFAULT_FRACTIONS["wbc10"], seed: int = 0, *,
-                   cross_label: str = "drop_both",
-                   phash_threshold: int | None = PHASH_THRESHOLD) -> Splits:
+def split_manifest(
+    manifest: pd.DataFrame,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS["wbc10"],
+    seed: int = 0,
+    *,
+    cross_label: str = "drop_both",
+    phash_threshold: int | None = PHASH_THRESHOLD,
+) -> Splits:
     """Stratified, group-aware split; returns ``{"train", "val", "test"}`` DataFrames (a ``Splits``).
 
     Study A used 80/12/8 (wbc10), Study B 70/15/15 (all4). Each split keeps the manifest's
@@ -248,15 +283,19 @@ def split_manifest(manifest: pd.DataFrame, fractions: Sequence[float] = DEFAULT_
     df["group"] = duplicate_groups(df, phash_threshold)
     kept, dropped = _resolve_cross_label(df, cross_label)
     where = _allocate(kept, fr, seed)
-    parts = {name: kept[where == k].sort_values(["label", "path"], kind="stable").reset_index(drop=True)
-             for k, name in enumerate(SPLITS)}
+    parts = {
+        name: kept[where == k].sort_values(["label", "path"], kind="stable").reset_index(drop=True)
+        for k, name in enumerate(SPLITS)
+    }
     return Splits(parts, dropped.sort_values(["label", "path"], kind="stable").reset_index(drop=True))
 
 
 # ----------------------------------------------------------------------------- audit
 
-def audit_splits(splits: dict[str, pd.DataFrame], dropped: pd.DataFrame | None = None,
-                 phash_threshold: int | None = PHASH_THRESHOLD) -> pd.DataFrame:
+
+def audit_splits(
+    splits: dict[str, pd.DataFrame], dropped: pd.DataFrame | None = None, phash_threshold: int | None = PHASH_THRESHOLD
+) -> pd.DataFrame:
     """One row per finding (``kind, group, labels, splits, n, paths, action``): ``across_splits``
     (a group in more than one split: a leak), ``cross_label`` (one image under several labels),
     ``duplicate`` (copies with one label, kept together), ``class_missing`` (a class absent from a
@@ -291,14 +330,22 @@ def audit_splits(splits: dict[str, pd.DataFrame], dropped: pd.DataFrame | None =
             elif not placed:
                 action = f"dropped all {len(g)} copies (label ambiguous)"
             else:
-                kept_labels = sorted(set(g.loc[g['_split'] != 'dropped', 'label'].astype(str)))
+                kept_labels = sorted(set(g.loc[g["_split"] != "dropped", "label"].astype(str)))
                 action = f"kept {', '.join(kept_labels)} in {placed[0]}; dropped {len(gone)}"
         else:
             kind = "duplicate"
             action = f"kept together in {placed[0]}" if placed else f"dropped all {len(g)} copies"
-        rows.append({"kind": kind, "group": int(gid), "labels": ";".join(labels),
-                     "splits": ";".join(placed + (["dropped"] if len(gone) else [])), "n": len(g),
-                     "paths": ";".join(sorted(g["_shown"])), "action": action})
+        rows.append(
+            {
+                "kind": kind,
+                "group": int(gid),
+                "labels": ";".join(labels),
+                "splits": ";".join(placed + (["dropped"] if len(gone) else [])),
+                "n": len(g),
+                "paths": ";".join(sorted(g["_shown"])),
+                "action": action,
+            }
+        )
     kept = both[both["_split"] != "dropped"]
     all_labels = sorted(set(kept["label"].astype(str)))
     for name in SPLITS:
@@ -308,8 +355,17 @@ def audit_splits(splits: dict[str, pd.DataFrame], dropped: pd.DataFrame | None =
         for label in all_labels:
             if label not in present:
                 n_groups = kept.loc[kept["label"].astype(str) == label, "group"].nunique()
-                rows.append({"kind": "class_missing", "group": -1, "labels": label, "splits": name, "n": 0,
-                             "paths": "", "action": f"none: the class has only {n_groups} group(s)"})
+                rows.append(
+                    {
+                        "kind": "class_missing",
+                        "group": -1,
+                        "labels": label,
+                        "splits": name,
+                        "n": 0,
+                        "paths": "",
+                        "action": f"none: the class has only {n_groups} group(s)",
+                    }
+                )
     return pd.DataFrame(rows, columns=list(AUDIT_COLUMNS))
 
 
@@ -322,8 +378,9 @@ def class_counts(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return table.reindex(columns=[*names, "total"], fill_value=0)
 
 
-def write_split_folder(splits: dict[str, pd.DataFrame], out_dir, *,
-                       phash_threshold: int | None = PHASH_THRESHOLD) -> pd.DataFrame:
+def write_split_folder(
+    splits: dict[str, pd.DataFrame], out_dir, *, phash_threshold: int | None = PHASH_THRESHOLD
+) -> pd.DataFrame:
     """Write ``train/val/test.csv``, ``audit.csv`` and ``classes.txt`` (sorted class names, one per
     line = class index) into ``out_dir`` as a unit, under its lock; returns the audit.
 
@@ -368,14 +425,16 @@ def write_split_folder(splits: dict[str, pd.DataFrame], out_dir, *,
 
 # ----------------------------------------------------------------------------- external validation
 
-def shared_classes(manifest: pd.DataFrame, sources: tuple[str, str] = ("PBC", "LMU"),
-                   min_images: int = 1) -> list[str]:
+
+def shared_classes(manifest: pd.DataFrame, sources: tuple[str, str] = ("PBC", "LMU"), min_images: int = 1) -> list[str]:
     """Labels with at least ``min_images`` images in every one of ``sources``, sorted (as classes.txt)."""
     counts = pd.crosstab(manifest["label"], manifest["source"])
     missing = [s for s in sources if s not in counts.columns]
     if missing:
-        raise WbcError(f"the manifest has no {', '.join(missing)} images: external validation needs "
-                       f"both {sources[0]} and {sources[1]} (found sources: {sorted(counts.columns)})")
+        raise WbcError(
+            f"the manifest has no {', '.join(missing)} images: external validation needs "
+            f"both {sources[0]} and {sources[1]} (found sources: {sorted(counts.columns)})"
+        )
     ok = (counts[list(sources)] >= min_images).all(axis=1)
     return sorted(str(label) for label, shared in ok.items() if shared)
 
@@ -398,10 +457,17 @@ class ExternalSplit:
         return table
 
 
-def build_external_split(manifest: pd.DataFrame | str | Path, out_dir: str | Path, *,
-                         train_source: str = "PBC", test_source: str = "LMU",
-                         fractions: Sequence[float] = DEFAULT_FRACTIONS["all4"], seed: int = 0,
-                         min_images: int = 2, rebuild: bool = False) -> ExternalSplit:
+def build_external_split(
+    manifest: pd.DataFrame | str | Path,
+    out_dir: str | Path,
+    *,
+    train_source: str = "PBC",
+    test_source: str = "LMU",
+    fractions: Sequence[float] = DEFAULT_FRACTIONS["all4"],
+    seed: int = 0,
+    min_images: int = 2,
+    rebuild: bool = False,
+) -> ExternalSplit:
     """Split folders for external validation (train on one source, test on the other) under
     ``out_dir``, reused while the manifest and the settings are those they were built from.
 
@@ -415,9 +481,14 @@ def build_external_split(manifest: pd.DataFrame | str | Path, out_dir: str | Pat
     internal, external = out_dir / "internal", out_dir / "external"
     if not isinstance(manifest, pd.DataFrame):
         manifest = pd.read_csv(manifest, keep_default_na=False)
-    recipe = {"manifest": str(pd.util.hash_pandas_object(manifest.astype(str), index=False).sum()),
-              "train_source": train_source, "test_source": test_source, "fractions": [float(f) for f in fractions],
-              "seed": int(seed), "min_images": int(min_images)}
+    recipe = {
+        "manifest": str(pd.util.hash_pandas_object(manifest.astype(str), index=False).sum()),
+        "train_source": train_source,
+        "test_source": test_source,
+        "fractions": [float(f) for f in fractions],
+        "seed": int(seed),
+        "min_images": int(min_images),
+    }
     marker = external / "classes.txt"  # written last
     if not rebuild and (internal / "classes.txt").is_file() and marker.is_file():
         if fileio.recipe_matches(marker, recipe):
@@ -426,15 +497,20 @@ def build_external_split(manifest: pd.DataFrame | str | Path, out_dir: str | Pat
         log.info(f"External-validation splits: manifest or settings changed since {out_dir} was built: rebuilding")
     classes = shared_classes(manifest, (train_source, test_source), min_images)
     if len(classes) < 2:
-        raise WbcError(f"only {len(classes)} class(es) have >= {min_images} images in both {train_source} "
-                       f"and {test_source}: {classes}; external validation needs at least two")
+        raise WbcError(
+            f"only {len(classes)} class(es) have >= {min_images} images in both {train_source} "
+            f"and {test_source}: {classes}; external validation needs at least two"
+        )
     left_out = sorted(set(manifest["label"]) - set(classes))
     if left_out:
-        log.info(f"Left out (not in both {train_source} and {test_source} with >= {min_images} images): "
-                 f"{', '.join(left_out)}")
+        log.info(
+            f"Left out (not in both {train_source} and {test_source} with >= {min_images} images): "
+            f"{', '.join(left_out)}"
+        )
     kept = manifest[manifest["label"].isin(classes)]
-    write_split_folder(split_manifest(kept[kept["source"] == train_source].reset_index(drop=True), fractions, seed),
-                       internal)
+    write_split_folder(
+        split_manifest(kept[kept["source"] == train_source].reset_index(drop=True), fractions, seed), internal
+    )
     fileio.write_csv_atomic(kept[kept["source"] == test_source].reset_index(drop=True), external / "test.csv")
     fileio.write_text_atomic(marker, (internal / "classes.txt").read_text())
     fileio.write_recipe(marker, recipe)

@@ -4,6 +4,7 @@ It does what notebook 10 does in its cells, with the same code (``wbc.lessons``)
 the device, build the tf.data pipelines and the model, ``fit_two_phase`` (EarlyStopping,
 ModelCheckpoint, CSVLogger; phase 2 for resnet50), then write the run folder (``wbc.runs``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,7 @@ from wbc.errors import WbcError
 from wbc.locking import FolderLock
 
 if TYPE_CHECKING:  # pragma: no cover
-    import keras
+    pass
 
 log = logging.getLogger("wbc.train")
 
@@ -109,8 +110,13 @@ def library_versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }
 
 
 def _learning_rate(lr: float, lr_schedule: str | None, total_steps: int, warmup_steps: int):
@@ -121,8 +127,8 @@ def _learning_rate(lr: float, lr_schedule: str | None, total_steps: int, warmup_
         return lr
     if warmup_steps:
         schedule = keras.optimizers.schedules.CosineDecay(
-            lr / 10, decay_steps=max(1, total_steps - warmup_steps), warmup_target=lr,
-            warmup_steps=warmup_steps)
+            lr / 10, decay_steps=max(1, total_steps - warmup_steps), warmup_target=lr, warmup_steps=warmup_steps
+        )
     else:
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps))
     return schedule
@@ -133,12 +139,12 @@ def _class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
     present = np.unique(labels)
     weights = compute_class_weight("balanced", classes=present, y=labels)
-    return {int(c): float(w) for c, w in zip(present, weights)} | {
-        c: 1.0 for c in range(n_classes) if c not in present}
+    return {int(c): float(w) for c, w in zip(present, weights)} | {c: 1.0 for c in range(n_classes) if c not in present}
 
 
-def train_model(split_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *,
-                overwrite: bool = False, verbose: int = 1) -> Path:
+def train_model(
+    split_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *, overwrite: bool = False, verbose: int = 1
+) -> Path:
     """Train ``cfg.model`` on a split folder and write a complete run folder at ``out_dir``.
 
     The saved model is the best epoch by validation accuracy, across both phases; ``config.json``
@@ -156,12 +162,23 @@ def train_model(split_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *,
     checks.check_split_folder(split_dir)  # no image in two splits, no empty label
     train_df, val_df = load_split(split_dir, "train"), load_split(split_dir, "val")
     with FolderLock(out_dir, "train"):  # one writer per run folder (re-entrant: the CLI holds it too)
-        return _train(split_dir, out_dir, cfg, classes, train_df, val_df, overwrite=overwrite, verbose=verbose,
-                      t_start=t_start)
+        return _train(
+            split_dir, out_dir, cfg, classes, train_df, val_df, overwrite=overwrite, verbose=verbose, t_start=t_start
+        )
 
 
-def _train(split_dir: Path, out_dir: Path, cfg: TrainConfig, classes: list[str], train_df: pd.DataFrame,
-           val_df: pd.DataFrame, *, overwrite: bool, verbose: int, t_start: float) -> Path:
+def _train(
+    split_dir: Path,
+    out_dir: Path,
+    cfg: TrainConfig,
+    classes: list[str],
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    *,
+    overwrite: bool,
+    verbose: int,
+    t_start: float,
+) -> Path:
     """The training itself, under the run folder's lock (see :func:`train_model`)."""
     from wbc.models import build_model
     from wbc.pipeline import label_indices, raise_if_undecodable, split_dataset
@@ -177,25 +194,46 @@ def _train(split_dir: Path, out_dir: Path, cfg: TrainConfig, classes: list[str],
     try:
         set_seeds(cfg.seed)
         strategy = lessons.configure_device()
-        log.info("run %s: %s, %d classes, %d train / %d val images, %s", out_dir, cfg.model,
-                 len(classes), len(train_df), len(val_df), device_summary())
-        args = dict(classes=classes, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
-                    cache=cfg.cache)
+        log.info(
+            "run %s: %s, %d classes, %d train / %d val images, %s",
+            out_dir,
+            cfg.model,
+            len(classes),
+            len(train_df),
+            len(val_df),
+            device_summary(),
+        )
+        args = dict(
+            classes=classes, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, cache=cfg.cache
+        )
         train_ds = split_dataset(train_df, augment=cfg.augment, shuffle=True, **args)
         val_ds = split_dataset(val_df, **args)
         steps = int(np.ceil(len(train_df) / cfg.batch_size))
-        class_weight = (_class_weights(label_indices(train_df["label"].astype(str), classes), len(classes))
-                        if cfg.class_weights else None)
+        class_weight = (
+            _class_weights(label_indices(train_df["label"].astype(str), classes), len(classes))
+            if cfg.class_weights
+            else None
+        )
         with strategy.scope():
-            model = build_model(cfg.model, len(classes), cfg.image_size, weights=weights,
-                                **dict(cfg.model_options))
+            model = build_model(cfg.model, len(classes), cfg.image_size, weights=weights, **dict(cfg.model_options))
         lr = _learning_rate(cfg.lr, cfg.lr_schedule, cfg.epochs * steps, cfg.warmup_epochs * steps)
         t_fit = time.perf_counter()
         try:
             histories = lessons.fit_two_phase(
-                model, train_ds, val_ds, out_dir, epochs=cfg.epochs, lr=lr,
-                fine_tune_epochs=cfg.fine_tune_epochs, fine_tune_lr=cfg.fine_tune_lr, patience=cfg.patience,
-                min_epochs=cfg.min_epochs, reduce_lr=cfg.reduce_lr, class_weight=class_weight, verbose=verbose)
+                model,
+                train_ds,
+                val_ds,
+                out_dir,
+                epochs=cfg.epochs,
+                lr=lr,
+                fine_tune_epochs=cfg.fine_tune_epochs,
+                fine_tune_lr=cfg.fine_tune_lr,
+                patience=cfg.patience,
+                min_epochs=cfg.min_epochs,
+                reduce_lr=cfg.reduce_lr,
+                class_weight=class_weight,
+                verbose=verbose,
+            )
         except Exception as exc:
             import tensorflow as tf
 
@@ -206,32 +244,54 @@ def _train(split_dir: Path, out_dir: Path, cfg: TrainConfig, classes: list[str],
         epochs_run = sum(len(h.epoch) for h in histories)
         losses = [v for h in histories for v in h.history.get("loss", [])]
         if not all(math.isfinite(v) for v in losses):
-            raise WbcError(f"training diverged (loss {losses[-1]}): lower --lr; the run at {out_dir} "
-                           "is left incomplete")
+            raise WbcError(
+                f"training diverged (loss {losses[-1]}): lower --lr; the run at {out_dir} is left incomplete"
+            )
         config = run_config(cfg, split_dir, classes, weights, train_df, val_df)
-        config.update(elapsed_s=round(time.perf_counter() - t_start, 2), fit_seconds=round(fit_s, 2),
-                      images_per_s=round(len(train_df) * epochs_run / fit_s, 2) if fit_s else None)
+        config.update(
+            elapsed_s=round(time.perf_counter() - t_start, 2),
+            fit_seconds=round(fit_s, 2),
+            images_per_s=round(len(train_df) * epochs_run / fit_s, 2) if fit_s else None,
+        )
         config = runs.finish_run(out_dir, model, config, phase1_epochs=len(histories[0].epoch))
-        log.info("run folder: %s (best val_accuracy %.4f at epoch %d, phase %d; %.1f s, %s images/s)", out_dir,
-                 config["best_val_accuracy"], config["best_epoch"], config["best_phase"], config["elapsed_s"],
-                 config["images_per_s"])
+        log.info(
+            "run folder: %s (best val_accuracy %.4f at epoch %d, phase %d; %.1f s, %s images/s)",
+            out_dir,
+            config["best_val_accuracy"],
+            config["best_epoch"],
+            config["best_phase"],
+            config["elapsed_s"],
+            config["images_per_s"],
+        )
         return out_dir
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def run_config(cfg: TrainConfig, split_dir: Path, classes: list[str], weights, train_df: pd.DataFrame,
-               val_df: pd.DataFrame) -> dict:
+def run_config(
+    cfg: TrainConfig, split_dir: Path, classes: list[str], weights, train_df: pd.DataFrame, val_df: pd.DataFrame
+) -> dict:
     """What ``config.json`` records besides the best epoch: settings, data, versions, device."""
     import keras
 
     from wbc.preprocess import preprocess_settings
 
-    return {"model": cfg.model, "classes": classes, "n_classes": len(classes), "image_size": cfg.image_size,
-            "weights": None if weights is None else str(weights), "settings": cfg.as_dict(),
-            # how the training images were made (resize mode, colour): predict repeats it
-            "preprocess": preprocess_settings(str(train_df["path"].iloc[0])),
-            "split_dir": str(Path(split_dir).resolve()), "split_sha256": runs.split_digests(split_dir),
-            "n_train": len(train_df), "n_val": len(val_df), "seed": cfg.seed, "device": device_summary(),
-            "precision_policy": keras.mixed_precision.global_policy().name, "versions": library_versions()}
+    return {
+        "model": cfg.model,
+        "classes": classes,
+        "n_classes": len(classes),
+        "image_size": cfg.image_size,
+        "weights": None if weights is None else str(weights),
+        "settings": cfg.as_dict(),
+        # how the training images were made (resize mode, colour): predict repeats it
+        "preprocess": preprocess_settings(str(train_df["path"].iloc[0])),
+        "split_dir": str(Path(split_dir).resolve()),
+        "split_sha256": runs.split_digests(split_dir),
+        "n_train": len(train_df),
+        "n_val": len(val_df),
+        "seed": cfg.seed,
+        "device": device_summary(),
+        "precision_policy": keras.mixed_precision.global_policy().name,
+        "versions": library_versions(),
+    }
