@@ -111,6 +111,7 @@ def setup_notebook(
     is_demo = data is None or data == config.demo_data_dir().resolve()
     if is_demo:
         data = ensure_demo_data(prof.demo_per_class, say=say)
+    assert data is not None  # None only when no folder is given, and then is_demo
     present = available_datasets(data)
     ctx = Context(
         profile=prof,
@@ -171,9 +172,10 @@ def folder_summary(data_dir: Path) -> pd.DataFrame:
 
 def save_figure(fig, name: str, ctx: Context | None = None) -> Path:
     """Save ``fig`` into the figures folder of ``ctx`` (default: the last ``setup_notebook``'s)."""
-    if ctx is None and _CURRENT is None:
+    ctx = ctx or _CURRENT
+    if ctx is None:
         raise WbcError("call course.setup_notebook(...) first")
-    return (ctx or _CURRENT).save_figure(fig, name)
+    return ctx.save_figure(fig, name)
 
 
 def _describe_libraries(say) -> None:
@@ -327,7 +329,7 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
     _require_sources(ctx, name)
     out = ctx.work_dir / "manifests" / f"{name}.csv"
     if name in ("pbc", "lmu", "all"):
-        recipe = {"data_dir": str(ctx.data_dir)}
+        recipe: dict[str, object] = {"data_dir": str(ctx.data_dir)}
         if _reuse(out, recipe, f"manifest {name}", rebuild):
             return out
         from wbc.readers import read_dataset

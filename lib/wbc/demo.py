@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -92,7 +93,8 @@ def generate_demo(
     plan = _plan(int(per_class), int(seed), quirks)
     _check_foreign_files(out, plan)
 
-    rows, rendered = [], {}
+    rows: list[dict] = []
+    rendered: dict[tuple, bytes] = {}
     items = plan
     if progress:
         from tqdm.auto import tqdm
@@ -143,11 +145,12 @@ def _plan(per_class: int, seed: int, quirks: bool) -> list[_Item]:
                 items.append(_Item("PBC", folder, f"{prefix}_{next(ids)}.jpg", label, (0, d, p, i)))
     for d, (code, prefixes) in enumerate(SOURCES["LMU"].items()):
         numbers = _numbers(rng, max(RELEASE_COUNTS[code], per_class), per_class)
-        items += [
-            _Item("LMU", code, f"{code}_{n:04d}.tiff", prefixes[code], (1, d, 0, i)) for i, n in enumerate(numbers)
-        ]
+        cell = prefixes[code]
+        assert isinstance(cell, str)  # a list (a choice of labels) is PBC's only
+        items += [_Item("LMU", code, f"{code}_{n:04d}.tiff", cell, (1, d, 0, i)) for i, n in enumerate(numbers)]
     for d, (klass, prefixes) in enumerate(SOURCES["ALL"].items()):
         ((stem, cell),) = prefixes.items()
+        assert isinstance(cell, str)  # a list (a choice of labels) is PBC's only
         numbers = _numbers(rng, max(RELEASE_COUNTS[klass], per_class + 1), per_class)
         for version in ALL_VERSIONS:
             items += [
@@ -188,8 +191,8 @@ def _replace(item: _Item, **changes) -> _Item:
     return _Item(**{**item.__dict__, **changes})
 
 
-def _pick(cell: str | tuple[str, ...], rng: np.random.Generator) -> str:
-    return cell if isinstance(cell, str) else str(cell[rng.integers(len(cell))])
+def _pick(cell: str | Sequence[str], rng: np.random.Generator) -> str:
+    return cell if isinstance(cell, str) else str(cell[int(rng.integers(len(cell)))])
 
 
 def _numbers(rng: np.random.Generator, upper: int, count: int) -> list[int]:
@@ -379,7 +382,7 @@ def _segment(original: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
     dark = 1.0 - grey
     pink = np.stack([125 + 100 * dark, 30 + 130 * grey, 165 + 90 * grey], axis=-1)  # BGR
     pink *= rng.uniform(0.85, 1.05)
-    speckle = (_noise(mask.shape, rng) > 3.2).astype(np.uint8) * 255
+    speckle: np.ndarray = (_noise(mask.shape, rng) > 3.2).astype(np.uint8) * 255
     speckle = cv2.dilate(speckle, np.ones((2, 2), np.uint8))
     alpha = (cv2.GaussianBlur(np.maximum(mask, speckle), (3, 3), 0).astype(np.float32) / 255.0)[..., None]
     return np.clip(pink * alpha, 0, 255).astype(np.uint8)
@@ -569,7 +572,7 @@ def _paint(crop: np.ndarray, mask: np.ndarray, colour, texture: np.ndarray | Non
 
 def _texture(shape, strength: float, grain: float, rng: np.random.Generator) -> np.ndarray:
     """A multiplicative texture around 1: blurred noise (``grain`` px) of ``strength``."""
-    noise = cv2.GaussianBlur(_noise(shape, rng), (0, 0), max(grain, 0.5))
+    noise: np.ndarray = cv2.GaussianBlur(_noise(shape, rng), (0, 0), max(grain, 0.5))
     noise /= noise.std() + 1e-6
     return 1.0 + strength * noise
 

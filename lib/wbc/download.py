@@ -190,8 +190,8 @@ def fetch_url(
                         "Check the address (or pass --url) and your network, then run "
                         "the command again."
                     )
-                length = resp.headers.get("Content-Length")
-                length = int(length) if length and length.isdigit() else None
+                header = resp.headers.get("Content-Length")
+                length = int(header) if header and header.isdigit() else None
                 if resp.status_code == 206 and (first != offset or (remote is not None and remote < offset)):
                     part.unlink(missing_ok=True)  # not the bytes that follow the part file: start over
                     offset = 0
@@ -658,6 +658,7 @@ def read_records(data_dir: str | os.PathLike) -> dict:
 
 def _data_dir(data_dir: str | os.PathLike, create: bool = True) -> Path:
     path = resolve_data_dir(data_dir, must_exist=not create)
+    assert path is not None  # None only when no folder is given, and data_dir is one
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path

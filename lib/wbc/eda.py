@@ -9,9 +9,11 @@ the full datasets; images that cannot be read are listed, never silently dropped
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
 from wbc.errors import WbcError
@@ -61,8 +63,8 @@ def plot_class_distribution(
     ax.set(title=title, xlabel="images", ylabel="class")
     ax.legend(title=by, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.margins(x=0.08)  # room for the count written after the longest bar
-    for container in ax.containers:
-        ax.bar_label(container, fontsize=7, padding=2)
+    for container in ax.containers:  # barh's bars: BarContainer each (typed as Container)
+        ax.bar_label(cast(BarContainer, container), fontsize=7, padding=2)
     return fig
 
 

@@ -29,7 +29,7 @@ def overlay_heatmap(
     if not 0 <= alpha <= 1:
         raise WbcError(f"alpha must lie in [0, 1], got {alpha}")
     heat = cv2.resize(np.asarray(heatmap, dtype=np.float32), (image.shape[1], image.shape[0]))
-    heat = np.uint8(np.round(255 * np.clip(heat, 0, 1)))
+    heat = np.round(255 * np.clip(heat, 0, 1)).astype(np.uint8)
     colour = cv2.cvtColor(cv2.applyColorMap(heat, colormap), cv2.COLOR_BGR2RGB)
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)

@@ -97,7 +97,7 @@ def header_size(source: bytes | str | os.PathLike) -> tuple[int, int] | None:
                 continue
             try:
                 fh.seek(0)
-                im = factory(fh)  # the parser only: Image.open's bomb check is not applied
+                im = factory(fh, "")  # a stream: "" as Image.open passes; its bomb check is not applied
                 return int(im.size[0]), int(im.size[1])
             except Exception:
                 continue

@@ -18,12 +18,16 @@ import logging
 import os
 import socket
 import threading
+import types
 from pathlib import Path
 
 from wbc.errors import WbcError
 
+fcntl: types.ModuleType | None
 try:  # POSIX
-    import fcntl
+    import fcntl as _fcntl
+
+    fcntl = _fcntl
 except ImportError:  # pragma: no cover - Windows: PID check only
     fcntl = None
 

@@ -9,6 +9,7 @@ sees takes one path: decode, resize, raw RGB pixels into the model, which scales
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DECODABLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 
 
-def load_split(split_dir: str | Path, split: str) -> pd.DataFrame:
+def load_split(split_dir: str | os.PathLike, split: str) -> pd.DataFrame:
     """Read ``<split_dir>/<split>.csv`` (columns at least ``path``, ``label``; relative paths are
     relative to the split folder, so it can be moved)."""
     if split not in SPLITS:
@@ -108,13 +109,13 @@ def split_dataset(
 def _pixel_batches(paths: Sequence[str | Path], image_size: int, batch_size: int = 64):
     import tensorflow as tf
 
-    paths = [str(p) for p in paths]
-    check_files(paths)
+    names = [str(p) for p in paths]
+    check_files(names)
     decode_resize = runtime.lessons().decode_resize
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(
+    ds = tf.data.Dataset.from_tensor_slices(names).map(
         lambda p: decode_resize(p, image_size), num_parallel_calls=tf.data.AUTOTUNE
     )
-    return paths, ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return names, ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def load_raw_images(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
@@ -144,7 +145,7 @@ def find_undecodable(paths: Sequence[str | Path], image_size: int = 8) -> list[t
     return bad
 
 
-def raise_if_undecodable(paths: Sequence[str], image_size: int = 8) -> None:
+def raise_if_undecodable(paths: Sequence[str | Path], image_size: int = 8) -> None:
     """Raise WbcError listing every file of ``paths`` that cannot be decoded (if any)."""
     bad = find_undecodable(paths, image_size)
     if bad:

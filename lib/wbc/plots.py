@@ -184,7 +184,7 @@ def add_heatmap_colorbar(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    axes = list(np.atleast_1d(fig.axes if axes is None else axes).ravel())
+    axes = list(fig.axes) if axes is None else list(np.atleast_1d(axes).ravel())
     mappable = ScalarMappable(norm=Normalize(vmin=vmin, vmax=vmax), cmap=cmap)
     bar = fig.colorbar(mappable, ax=axes, shrink=0.6, aspect=30, label=label)
     ticks = [vmin, (vmin + vmax) / 2, vmax] if ticks is None else list(ticks)
@@ -195,7 +195,7 @@ def add_heatmap_colorbar(
 
 
 def plot_image_gallery(
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray] | np.ndarray,
     titles: Sequence[str],
     ncols: int = 4,
     path: str | os.PathLike | None = None,

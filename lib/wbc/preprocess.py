@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
@@ -132,7 +133,7 @@ def detect_black_band(
     dark_cols = np.count_nonzero(mask, axis=0) / mask.shape[0]
     if (dark_rows >= min_fraction).all():
         return {"edge": "all", "width": int(mask.shape[0]), "bands": {"all": int(mask.shape[0])}}
-    bands = {}
+    bands: dict[str, int] = {}
     for edge, dark in (
         ("top", dark_rows),
         ("bottom", dark_rows[::-1]),
@@ -150,7 +151,7 @@ def detect_black_band(
             bands[edge] = end
     if not bands:
         return None
-    edge = max(bands, key=bands.get)
+    edge = max(bands, key=lambda e: bands[e])
     return {"edge": edge, "width": bands[edge], "bands": bands}
 
 
@@ -409,7 +410,7 @@ class _Journal:
                     self.entries[entry["out"]] = entry
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line cut short by an interrupted run: that output is redone
-        self._fh = None
+        self._fh: TextIO | None = None
 
     def keys(self) -> set[str]:
         """The settings keys of the recorded outputs."""
@@ -647,7 +648,9 @@ def _preprocess_locked(
 
     rows = manifest.reset_index(drop=True)
     quarantined: list[dict] = []
-    tasks, done, seen = [], {}, {}
+    tasks: list[dict] = []
+    done: dict[int, dict] = {}
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows.itertuples(index=False)):
         raw = os.path.abspath(str(row.path))
         source = str(getattr(row, "source", "") or "")

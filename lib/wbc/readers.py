@@ -198,9 +198,9 @@ def _scan(
                     }
                 )
                 continue
-            reason = check_image_file(child)
-            if reason:
-                skipped.append({"path": str(child), "reason": reason})
+            unreadable = check_image_file(child)
+            if unreadable:
+                skipped.append({"path": str(child), "reason": unreadable})
                 continue
             sub, problem = sub_label(entry.name, child.name)
             if problem:
@@ -367,7 +367,11 @@ def read_all(
 
 def read_dataset(name: str, data_dir: str | os.PathLike, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read dataset ``name`` (pbc, lmu, all) from its standard sub-folder of ``data_dir``."""
-    reader = {"pbc": read_pbc, "lmu": read_lmu, "all": read_all}
+    reader: dict[str, Callable[..., tuple[pd.DataFrame, pd.DataFrame]]] = {
+        "pbc": read_pbc,
+        "lmu": read_lmu,
+        "all": read_all,
+    }
     folder = locate_dataset(name, data_dir)
     return reader[name](folder, **kwargs)
 

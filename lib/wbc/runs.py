@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import shutil
 import textwrap
 from collections.abc import Callable
@@ -176,7 +177,7 @@ def read_history(run_dir: str | Path, phase1_epochs: int | None = None) -> pd.Da
     return history
 
 
-def read_config(run_dir: str | Path) -> dict:
+def read_config(run_dir: str | os.PathLike) -> dict:
     """``config.json`` of a run folder; WbcError when missing, unreadable or not a JSON object."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
@@ -193,7 +194,7 @@ def read_config(run_dir: str | Path) -> dict:
     return config
 
 
-def load_run(run_dir: str | Path) -> tuple[keras.Model, dict]:
+def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     """The trained model and ``config.json`` of a run folder; WbcError when incomplete."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

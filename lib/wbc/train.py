@@ -7,6 +7,7 @@ ModelCheckpoint, CSVLogger; phase 2 for resnet50), then write the run folder (``
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -203,11 +204,16 @@ def _train(
             len(val_df),
             device_summary(),
         )
-        args = dict(
-            classes=classes, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, cache=cfg.cache
+        dataset = functools.partial(
+            split_dataset,
+            classes=classes,
+            image_size=cfg.image_size,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            cache=cfg.cache,
         )
-        train_ds = split_dataset(train_df, augment=cfg.augment, shuffle=True, **args)
-        val_ds = split_dataset(val_df, **args)
+        train_ds = dataset(train_df, augment=cfg.augment, shuffle=True)
+        val_ds = dataset(val_df)
         steps = int(np.ceil(len(train_df) / cfg.batch_size))
         class_weight = (
             _class_weights(label_indices(train_df["label"].astype(str), classes), len(classes))
