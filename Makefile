@@ -13,13 +13,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 WBC_REAL_SAMPLE ?= $(wildcard $(CURDIR)/../shared/real-sample)
 export WBC_REAL_SAMPLE
 
-.PHONY: setup lib run test test-unit test-notebooks test-notebooks-real lock clean help
+.PHONY: setup lib run test test-unit test-notebooks test-notebooks-real mutate lock clean help
 
 help:
 	@echo "make run    - set up and execute all notebooks (PROFILE=$(PROFILE); outputs/ holds the results)"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make setup  - only create/refresh the virtual environment in $(VENV)"
 	@echo "make lib    - regenerate lib/wbc/lessons.py from the notebooks' #@save cells"
+	@echo "make mutate - mutation testing of the result-critical modules (slow; prints the score per module)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,11 @@ test-notebooks-real: setup
 	else echo "WBC_REAL_SAMPLE not set: notebooks on the real sample skipped"; fi
 
 REAL_NOTEBOOKS = $(sort $(wildcard notebooks/0[1-8]_*.ipynb))
+
+# Mutation testing (mutmut) of labels/merge, split, metrics and the image checks; not part of `make test`
+# (about ten minutes on two cores). Prints the mutation score per module (.ci/mutate.py).
+mutate: setup
+	$(BIN)/python .ci/mutate.py
 
 lock: setup
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^wbc' > requirements.txt.new && mv requirements.txt.new requirements.txt
