@@ -97,6 +97,43 @@ def build_cnn2(n_classes, image_size, blocks=STUDY_B_CNN2_BLOCKS, dense=(120, 84
     return keras.Model(inputs, outputs, name="cnn2")
 
 
+# ---- notebooks/08_baseline_cnns.ipynb, cell 24 --------------------------------------
+
+def residual_block(x, filters, stride, name, bn_momentum=0.9):
+    """ResNet's BasicBlock: relu(F(x) + shortcut(x)), F = two 3x3 convolutions with BatchNorm (He et al., 2016)."""
+    L = keras.layers
+    y = L.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = L.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn1")(y)
+    y = L.Activation("relu", name=f"{name}_relu1")(y)
+    y = L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = L.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_bn2")(y)
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:  # the shape changes: project x with a 1x1 convolution
+        shortcut = L.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = L.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name=f"{name}_proj_bn")(shortcut)
+    return L.Activation("relu", name=f"{name}_out")(L.Add(name=f"{name}_add")([y, shortcut]))
+
+
+def build_resnet18(n_classes, image_size, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512), bn_momentum=0.9):
+    """Study B's ResNet18: a 7x7 stem, four stages of BasicBlocks, global average pooling, one Dense layer."""
+    L = keras.layers
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = L.Rescaling(1 / 255, name="scale_0_1")(inputs)  # Study B: pixels to [0, 1]
+    x = L.ZeroPadding2D(3, name="stem_pad")(x)  # PyTorch's padding=3
+    x = L.Conv2D(widths[0], 7, strides=2, use_bias=False, name="stem_conv")(x)
+    x = L.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, name="stem_bn")(x)
+    x = L.Activation("relu", name="stem_relu")(x)
+    x = L.ZeroPadding2D(1, name="stem_pool_pad")(x)  # zeros are safe before a max: the ReLU output is >= 0
+    x = L.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+    for stage, (n_blocks, width) in enumerate(zip(blocks, widths), start=1):
+        for block in range(1, n_blocks + 1):
+            stride = 2 if stage > 1 and block == 1 else 1  # stages 2-4 halve the map in their first block
+            x = residual_block(x, width, stride, f"stage{stage}_block{block}", bn_momentum)
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = L.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)  # the new "linear layer"
+    return keras.Model(inputs, outputs, name="resnet18")
+
+
 # ---- notebooks/09_resnet50_transfer_model.ipynb, cell 10 ----------------------------
 
 @keras.saving.register_keras_serializable(package="wbc")
@@ -127,7 +164,7 @@ def build_resnet50_transfer(n_classes, image_size, weights=None, dense_units=256
     return keras.Model(inputs, outputs, name="resnet50_transfer")
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 8 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 11 ------------------------------------
 
 def configure_device(mixed_precision="auto"):
     """Pick the dtype policy and the tf.distribute strategy for the GPUs present (none: float32 on the CPU)."""
@@ -144,7 +181,7 @@ def configure_device(mixed_precision="auto"):
     return tf.distribute.get_strategy()  # the default: one device
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 15 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 18 ------------------------------------
 
 def standard_callbacks(run_dir, patience=5, min_epochs=0, reduce_lr=False):
     """EarlyStopping, ModelCheckpoint, CSVLogger and TerminateOnNaN (and ReduceLROnPlateau if asked) for one run folder."""
@@ -162,7 +199,7 @@ def standard_callbacks(run_dir, patience=5, min_epochs=0, reduce_lr=False):
     return callbacks
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 17 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 20 ------------------------------------
 
 def unfreeze_top(model, first_layer="conv5_block1_1_conv"):
     """Phase 2: make the backbone trainable from `first_layer` upwards, every BatchNorm layer kept frozen."""
@@ -173,7 +210,7 @@ def unfreeze_top(model, first_layer="conv5_block1_1_conv"):
     return [layer.name for layer in model.layers if layer.trainable and layer.weights]
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 18 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 21 ------------------------------------
 
 def fit_two_phase(model, train_ds, val_ds, run_dir, *, epochs, lr, fine_tune_epochs=0, fine_tune_lr=1e-5,
                   patience=5, min_epochs=0, reduce_lr=False, class_weight=None, verbose=1):
@@ -194,7 +231,7 @@ def fit_two_phase(model, train_ds, val_ds, run_dir, *, epochs, lr, fine_tune_epo
     return histories
 
 
-# ---- notebooks/10_training_on_gpu.ipynb, cell 31 ------------------------------------
+# ---- notebooks/10_training_on_gpu.ipynb, cell 39 ------------------------------------
 
 def build_small_resnet(n_classes, image_size, widths=(32, 64, 128, 256), dropout=0.2, bn_momentum=0.9):
     """A compact ResNet trained from scratch (the CPU recipe): one residual block per width."""
