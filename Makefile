@@ -13,13 +13,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 WBC_REAL_SAMPLE ?= $(wildcard $(CURDIR)/../shared/real-sample)
 export WBC_REAL_SAMPLE
 
-.PHONY: setup lib run test test-unit test-notebooks test-notebooks-real mutate lock clean help
+.PHONY: setup lib lint run test test-unit test-notebooks test-notebooks-real mutate lock clean help
 
 help:
 	@echo "make run    - set up and execute all notebooks (PROFILE=$(PROFILE); outputs/ holds the results)"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make setup  - only create/refresh the virtual environment in $(VENV)"
 	@echo "make lib    - regenerate lib/wbc/lessons.py from the notebooks' #@save cells"
+	@echo "make lint   - ruff (lint + format check) and mypy"
 	@echo "make mutate - mutation testing of the result-critical modules (slow; prints the score per module)"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -39,11 +40,19 @@ lib: setup
 run: setup
 	WBC_PROFILE=$(PROFILE) $(BIN)/python -m wbc.run_notebooks --out outputs/notebooks-$(PROFILE)
 
-test: setup test-unit test-notebooks test-notebooks-real
+test: setup lint test-unit test-notebooks test-notebooks-real
 
+# ruff (lint + format, Python files and notebooks) and mypy on lib/ (settings in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Unit tests with line coverage of lib/wbc; the floor is the level reached (README, Tests).
+COVERAGE_FLOOR = 80
 test-unit: setup
 	$(BIN)/python -m wbc.export --check
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 -q --cov --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR) tests
 
 test-notebooks: setup
 	WBC_PROFILE=ci $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks

@@ -22,7 +22,9 @@ def test_an_edit_to_a_saved_cell_is_caught(tmp_path):
     shutil.copytree(ROOT / "notebooks", notebooks)
     path = notebooks / "08_baseline_cnns.ipynb"
     nb = json.loads(path.read_text(encoding="utf-8"))
-    cell = next(c for c in nb["cells"] if "".join(c["source"]).startswith("#@save\ndef build_cnn1"))
+    cell = next(
+        c for c in nb["cells"] if export.MARK.match("".join(c["source"])) and "def build_cnn1(" in "".join(c["source"])
+    )
     cell["source"] = "".join(cell["source"]).replace("MaxPooling2D(2", "MaxPooling2D(3")
     path.write_text(json.dumps(nb), encoding="utf-8")
     edited = export.render(notebooks)
@@ -81,9 +83,9 @@ def test_code_fingerprint_follows_edits_in_called_functions():
     from wbc.runtime import lessons
 
     base = runs.code_fingerprint(lessons().fit_two_phase)
-    source = export.render().replace(
-        'monitor="val_accuracy", mode="max", patience=patience', 'monitor="val_loss", mode="min", patience=patience'
-    )
+    original = export.render()
+    source = original.replace("keras.callbacks.EarlyStopping(", "keras.callbacks.EarlyStopping(verbose=1, ", 1)
+    assert source != original  # the edit lands in standard_callbacks, which fit_two_phase calls
     edited = _run_like_ipython(source, "<ipython-input-2>")
     # fit_two_phase itself is unchanged, but the callbacks it calls are not: the fingerprint follows callees
     assert runs.code_fingerprint(edited["fit_two_phase"]) != base

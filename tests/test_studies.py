@@ -1,4 +1,5 @@
 """wbc.studies: the two studies' recipes as published, and the fidelity tables the notebooks show."""
+
 from __future__ import annotations
 
 from dataclasses import fields

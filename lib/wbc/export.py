@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-MARK = "#@save"
+MARK = re.compile(r"#\s?@save\b")  # "#@save" (d2l's spelling) or "# @save" (as ruff formats it)
 PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOKS_DIR = PACKAGE_DIR.parents[1] / "notebooks"
 TARGET = PACKAGE_DIR / "lessons.py"
@@ -35,8 +35,9 @@ def saved_cells(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[tuple[str, int, str
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         for index, cell in enumerate(cells):
             code = "".join(cell["source"])
-            if cell["cell_type"] == "code" and code.lstrip().startswith(MARK):
-                found.append((path.name, index, code.lstrip()[len(MARK) :].strip("\n")))
+            mark = MARK.match(code.lstrip())
+            if cell["cell_type"] == "code" and mark:
+                found.append((path.name, index, code.lstrip()[mark.end() :].strip("\n")))
     return found
 
 

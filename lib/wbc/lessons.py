@@ -37,14 +37,14 @@ def augmentation_layers(rotation=20.0, zoom=0.1, brightness=0.1, flips=True, see
 
 # ---- notebooks/07_input_pipeline_and_augmentation.ipynb, cell 21 --------------------
 
-def make_dataset(paths, labels, n_classes, image_size, batch_size, *, augment=None, shuffle=False,
-                 seed=0, cache=False):
+def make_dataset(paths, labels, n_classes, image_size, batch_size, *, augment=None, shuffle=False, seed=0, cache=False):
     """A tf.data pipeline: file paths and class indices -> batches of (float32 pixels in [0, 255], one-hot labels)."""
     ds = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
     if shuffle and not cache:  # shuffling file names is cheap: the whole split fits the buffer
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda path, y: (decode_resize(path, image_size), tf.one_hot(y, n_classes)),
-                num_parallel_calls=tf.data.AUTOTUNE)  # decode several files at once
+    ds = ds.map(
+        lambda path, y: (decode_resize(path, image_size), tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE
+    )  # decode several files at once
     if cache:  # keep the decoded images (in memory, or in the file named by `cache`) after epoch 1
         ds = ds.cache(cache if isinstance(cache, str) else "")
         if shuffle:
@@ -58,8 +58,7 @@ def make_dataset(paths, labels, n_classes, image_size, batch_size, *, augment=No
 
 # ---- notebooks/08_baseline_cnns.ipynb, cell 12 --------------------------------------
 
-def build_cnn1(n_classes, image_size, filters=(6, 16), kernels=(5, 3), dense=(120, 84),
-               activation="relu"):
+def build_cnn1(n_classes, image_size, filters=(6, 16), kernels=(5, 3), dense=(120, 84), activation="relu"):
     """Study B's CNN1: two convolutions (5x5, 3x3), each with max pooling, then three dense layers."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(1 / 255, name="scale_0_1")(inputs)  # raw pixels in, [0, 1] inside
@@ -78,8 +77,7 @@ def build_cnn1(n_classes, image_size, filters=(6, 16), kernels=(5, 3), dense=(12
 STUDY_B_CNN2_BLOCKS = ((6, 5, 1, 0), (12, 3, 1, 0), (32, 3, 1, 1))  # [filters, kernel, stride, padding]
 
 
-def build_cnn2(n_classes, image_size, blocks=STUDY_B_CNN2_BLOCKS, dense=(120, 84), activation="relu",
-               dropout=0.0):
+def build_cnn2(n_classes, image_size, blocks=STUDY_B_CNN2_BLOCKS, dense=(120, 84), activation="relu", dropout=0.0):
     """Study B's CNN2: conv blocks [filters, kernel, stride, padding], each with max pooling, then three dense layers."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(1 / 255, name="scale_0_1")(inputs)
@@ -157,8 +155,9 @@ def build_resnet50_transfer(n_classes, image_size, weights=None, dense_units=256
     base = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x, pooling="avg")
     base.trainable = False  # phase 1: only the head learns; frozen BatchNorm runs in inference mode
     x = keras.layers.BatchNormalization(name="head_bn")(base.output)
-    x = keras.layers.Dense(dense_units, activation="relu", kernel_regularizer=keras.regularizers.L2(l2),
-                           name="head_dense")(x)
+    x = keras.layers.Dense(
+        dense_units, activation="relu", kernel_regularizer=keras.regularizers.L2(l2), name="head_dense"
+    )(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name="resnet50_transfer")
@@ -186,16 +185,29 @@ def configure_device(mixed_precision="auto"):
 def standard_callbacks(run_dir, patience=5, min_epochs=0, reduce_lr=False):
     """EarlyStopping, ModelCheckpoint, CSVLogger and TerminateOnNaN (and ReduceLROnPlateau if asked) for one run folder."""
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
-                                      start_from_epoch=min_epochs, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(f"{run_dir}/best.weights.h5", monitor="val_accuracy", mode="max",
-                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy",
+            mode="max",
+            patience=patience,
+            start_from_epoch=min_epochs,
+            restore_best_weights=True,
+        ),
+        keras.callbacks.ModelCheckpoint(
+            f"{run_dir}/best.weights.h5",
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+        ),
         keras.callbacks.CSVLogger(f"{run_dir}/history.csv", append=True),  # one row per epoch
         keras.callbacks.TerminateOnNaN(),
     ]
     if reduce_lr:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                           patience=max(1, patience // 2), min_lr=1e-6))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
+            )
+        )
     return callbacks
 
 
@@ -204,7 +216,7 @@ def standard_callbacks(run_dir, patience=5, min_epochs=0, reduce_lr=False):
 def unfreeze_top(model, first_layer="conv5_block1_1_conv"):
     """Phase 2: make the backbone trainable from `first_layer` upwards, every BatchNorm layer kept frozen."""
     names = [layer.name for layer in model.layers]
-    for layer in model.layers[names.index(first_layer):]:
+    for layer in model.layers[names.index(first_layer) :]:
         if layer.name.startswith("conv"):  # backbone layers; the head (head_*) trains already
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     return [layer.name for layer in model.layers if layer.trainable and layer.weights]
@@ -212,19 +224,35 @@ def unfreeze_top(model, first_layer="conv5_block1_1_conv"):
 
 # ---- notebooks/10_training_on_gpu.ipynb, cell 21 ------------------------------------
 
-def fit_two_phase(model, train_ds, val_ds, run_dir, *, epochs, lr, fine_tune_epochs=0, fine_tune_lr=1e-5,
-                  patience=5, min_epochs=0, reduce_lr=False, class_weight=None, verbose=1):
+def fit_two_phase(
+    model,
+    train_ds,
+    val_ds,
+    run_dir,
+    *,
+    epochs,
+    lr,
+    fine_tune_epochs=0,
+    fine_tune_lr=1e-5,
+    patience=5,
+    min_epochs=0,
+    reduce_lr=False,
+    class_weight=None,
+    verbose=1,
+):
     """Phase 1 trains what is trainable at `lr`; phase 2 (if `fine_tune_epochs`) unfreezes the top of the
     backbone and goes on at `fine_tune_lr`. The model ends with the best epoch's weights of either phase."""
     callbacks = standard_callbacks(run_dir, patience, min_epochs, reduce_lr)  # shared: one "best" for both
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy", metrics=["accuracy"])
-    fit_args = dict(validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, verbose=verbose,
-                    shuffle=False)  # the tf.data pipeline shuffles already
+    fit_args = dict(
+        validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, verbose=verbose, shuffle=False
+    )  # the tf.data pipeline shuffles already
     histories = [model.fit(train_ds, epochs=epochs, **fit_args)]
     if fine_tune_epochs:
         unfreeze_top(model)  # stage 5 trainable, its BatchNorm frozen
-        model.compile(optimizer=keras.optimizers.Adam(fine_tune_lr), loss="categorical_crossentropy",
-                      metrics=["accuracy"])  # recompile: the trainable set has changed
+        model.compile(
+            optimizer=keras.optimizers.Adam(fine_tune_lr), loss="categorical_crossentropy", metrics=["accuracy"]
+        )  # recompile: the trainable set has changed
         done = len(histories[0].epoch)
         histories.append(model.fit(train_ds, initial_epoch=done, epochs=done + fine_tune_epochs, **fit_args))
     model.load_weights(f"{run_dir}/best.weights.h5", objects_to_skip=[model.optimizer])  # weights only, best epoch
@@ -243,7 +271,9 @@ def build_small_resnet(n_classes, image_size, widths=(32, 64, 128, 256), dropout
     for s, width in enumerate(widths, start=1):
         stride, name = (1 if s == 1 else 2), f"stage{s}_block1"
         y = L.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-        y = L.Activation("relu", name=f"{name}_relu1")(L.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn1")(y))
+        y = L.Activation("relu", name=f"{name}_relu1")(
+            L.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn1")(y)
+        )
         y = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
         y = L.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn2")(y)
         shortcut = x
