@@ -324,7 +324,15 @@ _B = [
         "augment",
         "",
     ),
-    ("data", "brightness amount", "'slight'", "course choice", "+-10 %", None, ""),
+    (
+        "data",
+        "brightness amount",
+        "'slight'",
+        "course choice",
+        "+-10 %",
+        None,
+        "the same small share as the zoom the study states",
+    ),
     ("model", "CNN1", "2 conv (5x5, 3x3) + max pooling + 3 fully connected", "stated", "build_cnn1", None, ""),
     (
         "model",
@@ -338,7 +346,15 @@ _B = [
     ("model", "CNN2", "blocks [6,5,1,0], [12,3,1,0], [32,3,1,1] + 3 dense", "stated", "build_cnn2", None, ""),
     ("model", "CNN2 pooling", "not stated", "inferred", "max pooling after each block", None, "as in CNN1"),
     ("model", "CNN2 dense widths", "not stated", "course choice", "120, 84", None, "as CNN1"),
-    ("model", "activation", "not stated (a factor of the study)", "course choice", "ReLU", None, ""),
+    (
+        "model",
+        "activation",
+        "not stated (a factor of the study)",
+        "course choice",
+        "ReLU",
+        None,
+        "the default of LeNet-style CNNs; notebook 12 varies it",
+    ),
     (
         "model",
         "ResNet18",
