@@ -36,3 +36,28 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo-data")
     generate_demo(root, per_class=6, seed=0)
     return root
+
+
+@pytest.fixture
+def loopback_server(monkeypatch):
+    """Start HTTP servers on 127.0.0.1 only: ``start(handler_class, state)`` serves until the test
+    ends and sets ``state.url(path)``. Downloads are tested against these, never the internet."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    servers = []
+
+    def start(handler_class, state):
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        state.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
+        servers.append(httpd)
+        return state
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()

@@ -7,10 +7,9 @@ import io
 import json
 import random
 import shutil
-import threading
 import zipfile
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -76,19 +75,10 @@ def _handler(state):
 
 
 @pytest.fixture
-def server(monkeypatch):
+def server(loopback_server):
     """A local file server: ``state.files[path] = bytes``; ``state.url(path)``."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     state = SimpleNamespace(files={}, honour_range=True, cut_after=None, requests=[])
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    return loopback_server(_handler(state), state)
 
 
 def _md5(data: bytes) -> str:

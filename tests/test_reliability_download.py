@@ -6,10 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import threading
 import zipfile
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -61,18 +60,9 @@ def _handler(state):
 
 
 @pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+def server(loopback_server):
     state = SimpleNamespace(files={}, requests=[], wrong_range=False, range_total_on_416=True)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    return loopback_server(_handler(state), state)
 
 
 def md5(data: bytes) -> str:
