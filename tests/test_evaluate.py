@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import cv2
@@ -250,6 +251,62 @@ def test_figures_have_titles_labels_and_class_names(tmp_path):
         plot_image_gallery(images, ["one"])
     for name in ("curves.png", "cm.png", "roc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figures_fit_a_laptop_screen_and_legends_leave_the_data_free(tmp_path):
+    from PIL import Image
+
+    from wbc.metrics import confusion
+    from wbc.plots import (
+        MAX_FIGURE_WIDTH,
+        SAVE_DPI,
+        annotation_fontsize,
+        plot_confusion_matrix,
+        plot_image_gallery,
+        plot_roc,
+    )
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(12, 8, 8, 3), dtype=np.uint8)
+    for ncols, bar in ((4, None), (6, None), (8, "jet")):
+        fig = plot_image_gallery(images, [f"img {i}" for i in range(12)], ncols=ncols, colorbar_cmap=bar)
+        assert fig.get_figwidth() <= MAX_FIGURE_WIDTH + 1e-9, ncols
+    fig = plot_image_gallery(images, [f"img {i}" for i in range(12)], ncols=6, path=tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").size[0] <= MAX_FIGURE_WIDTH * SAVE_DPI + 40  # bbox "tight" adds a margin
+    y = np.repeat([0, 1, 2], 10)
+    probs = rng.dirichlet([1, 1, 1], size=30)
+    fig = plot_roc(y, probs, CLASSES)
+    fig.savefig(io.BytesIO(), format="png")
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes, over no curve
+    assert annotation_fontsize(10) >= 11 > annotation_fontsize(13) >= annotation_fontsize(40) == 7
+    fig = plot_confusion_matrix(confusion(y, probs.argmax(1), 3), CLASSES)
+    assert {t.get_fontsize() for t in fig.axes[0].texts} == {annotation_fontsize(3)}
+
+
+def test_legend_outside_moves_every_axes_legend_beside_the_panels():
+    from matplotlib.figure import Figure
+
+    from wbc.plots import legend_outside
+
+    fig = Figure(figsize=(8, 3), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for ax in (left, right):
+        ax.plot([0, 1], [0, 1], label="red")
+        ax.plot([0, 1], [1, 0], label="blue")
+    left.legend(title="channel")
+    right.legend()
+    assert legend_outside(fig) is fig
+    assert left.get_legend() is None and right.get_legend() is None
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["red", "blue"]  # once each, not per panel
+    assert legend.get_title().get_text() == "channel"
+    fig.savefig(io.BytesIO(), format="png")  # lays the figure out (a bare Figure's canvas.draw does not)
+    assert legend.get_window_extent().x0 >= right.get_window_extent().x1  # to the right of the data
+    empty = Figure()
+    empty.subplots()
+    assert legend_outside(empty).legends == []  # nothing to move: nothing added
 
 
 def test_read_model_input_gives_raw_images_the_training_preprocessing(tmp_path):

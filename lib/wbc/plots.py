@@ -16,19 +16,50 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from wbc.errors import WbcError
 from wbc.fileio import atomic_path
 
+SAVE_DPI = 120
+MAX_FIGURE_WIDTH = 13.0  # inches: 1,560 px at SAVE_DPI (plus the saved margin), about what a laptop screen shows
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = SAVE_DPI) -> Path:
     """Save ``fig`` as PNG at ``path`` atomically (parent folders created); returns the path."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
+
+
+def legend_outside(fig: Figure, title: str | None = None, fontsize: float | None = None) -> Figure:
+    """Replace the legends drawn inside ``fig``'s axes by one figure legend to the right of the
+    panels, where it covers no data. Entries with the same label are shown once; ``title``
+    defaults to the first axes legend's title. Returns ``fig``."""
+    entries: dict[str, Artist] = {}
+    old_title = None
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            old_title = old_title or legend.get_title().get_text() or None
+            legend.remove()
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if not label.startswith("_"):
+                entries.setdefault(label, handle)
+    if entries:
+        if fig.get_layout_engine() is None:
+            fig.set_layout_engine("constrained")
+        fig.legend(
+            list(entries.values()),
+            list(entries),
+            title=title if title is not None else old_title,
+            loc="outside right upper",
+            fontsize=fontsize,
+        )
+    return fig
 
 
 def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
@@ -75,6 +106,12 @@ def plot_history(
     return _finish(fig, path)
 
 
+def annotation_fontsize(n_classes: int) -> float:
+    """Font size (points) for the numbers written in the cells of an ``n_classes`` confusion matrix:
+    11 up to ten classes, smaller as cells shrink, never below 7."""
+    return float(max(7, min(11, 21 - n_classes)))
+
+
 def plot_confusion_matrix(
     cm: np.ndarray,
     classes: Sequence[str],
@@ -88,7 +125,7 @@ def plot_confusion_matrix(
 
     cm = np.asarray(cm)
     size = max(5.0, 0.6 * len(classes) + 2.5)
-    fig = Figure(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
     ax = fig.subplots()
     display = ConfusionMatrixDisplay(cm, display_labels=list(classes)).plot(
         ax=ax,
@@ -96,7 +133,7 @@ def plot_confusion_matrix(
         xticks_rotation=45,
         values_format=".2f" if normalised or cm.dtype.kind == "f" else "d",
         im_kw={"vmin": 0, "vmax": 1 if normalised else max(1, cm.max())},
-        text_kw={"fontsize": 8},
+        text_kw={"fontsize": annotation_fontsize(len(classes))},
     )
     display.im_.colorbar.set_label("share of true class" if normalised else "images")
     ax.set(
@@ -120,7 +157,7 @@ def plot_roc(
     from sklearn.metrics import RocCurveDisplay
 
     y, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
-    fig = Figure(figsize=(7, 6))
+    fig = Figure(figsize=(10, 6), layout="constrained")  # room for the legend beside the curves
     ax = fig.subplots()
     curves = []
     for i, name in enumerate(classes):
@@ -156,7 +193,8 @@ def plot_roc(
         ylabel="true positive rate (sensitivity)",
         title=title,
     )
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside the axes: covers no curve
     ax.grid(alpha=0.3)
     return _finish(fig, path)
 
@@ -214,7 +252,9 @@ def plot_image_gallery(
         raise WbcError(f"{len(titles)} titles for {len(images)} images: give one caption per image")
     ncols = max(1, min(ncols, len(images) or 1))
     nrows = max(1, math.ceil(len(images) / ncols))
-    fig = Figure(figsize=(2.6 * ncols + (1.0 if colorbar_cmap else 0.0), 2.9 * nrows + 0.5), layout="constrained")
+    bar = 1.0 if colorbar_cmap else 0.0
+    tile = min(2.6, (MAX_FIGURE_WIDTH - bar) / ncols)  # many columns: smaller tiles, not a wider figure
+    fig = Figure(figsize=(tile * ncols + bar, (tile + 0.3) * nrows + 0.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for ax in axes:
         ax.axis("off")
