@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wbc import course
+from wbc import config, course
 from wbc.config import PBC_DIRNAME
 from wbc.errors import WbcError
 
@@ -107,10 +107,15 @@ def test_demo_data_is_generated_once_and_redone_when_incomplete(tmp_path, monkey
     marker.unlink()  # as if the generation had been interrupted
     course.ensure_demo_data(1, say=quiet)
     assert marker.is_file()
-    course.ensure_demo_data(2, say=quiet)  # another size: generated afresh, no foreign files left
-    assert json.loads(marker.read_text())["per_class"] == 2
-    summary = course.folder_summary(root)
+    other = course.ensure_demo_data(2, say=quiet)  # another size (another profile): a folder of its own
+    assert other != root and json.loads((other / course.DEMO_MARKER).read_text())["per_class"] == 2
+    assert json.loads(marker.read_text())["per_class"] == 1  # the first size is kept beside it
+    summary = course.folder_summary(other)
     assert summary.loc[summary["folder"].str.endswith("LMU/BAS"), "files"].tolist() == [2]
+    assert config.data_tag(root) == config.data_tag(other) == "demo"
+    (other / course.DEMO_MARKER).write_text(json.dumps({"per_class": 2, "seed": 1}))  # another seed: redone
+    course.ensure_demo_data(2, say=quiet)
+    assert json.loads((other / course.DEMO_MARKER).read_text()) == {"per_class": 2, "seed": 0}
 
 
 def test_folder_summary_counts_files(demo_root):

@@ -282,18 +282,64 @@ def test_fit_two_phase_keeps_phase_1_best_when_phase_2_is_worse(toy_split, tmp_p
     assert runs.read_config(run_dir)["best_phase"] == 1 and runs.is_complete(run_dir)
 
 
-def test_configure_device_on_cpu():
+def test_configure_device_on_cpu_follows_the_cpu_and_explicit_choices_win(monkeypatch):
     import keras
     import tensorflow as tf
 
-    from wbc.lessons import configure_device
+    from wbc import lessons
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("CPU-only behaviour")
     try:
-        strategy = configure_device(mixed_precision=True)  # asked for, but no GPU: stays float32
-        assert strategy.num_replicas_in_sync == 1
+        for has_bf16, expected in ((True, "mixed_bfloat16"), (False, "float32")):
+            monkeypatch.setattr(lessons, "cpu_has_bfloat16", lambda has=has_bf16: has)
+            strategy = lessons.configure_device("auto")
+            assert strategy.num_replicas_in_sync == 1
+            assert keras.mixed_precision.global_policy().name == expected
+        monkeypatch.setattr(lessons, "cpu_has_bfloat16", lambda: True)
+        lessons.configure_device("float32")  # an explicit choice wins over the detection
         assert keras.mixed_precision.global_policy().name == "float32"
+        lessons.configure_device(False)
+        assert keras.mixed_precision.global_policy().name == "float32"
+        monkeypatch.setattr(lessons, "cpu_has_bfloat16", lambda: False)
+        lessons.configure_device(True)  # forced on a CPU without bf16 instructions: bfloat16 (emulated, slower)
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        lessons.configure_device("mixed_float16")  # a policy name is taken as it is, even on a CPU
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        with pytest.raises(ValueError, match="use 'auto'"):
+            lessons.configure_device("bf16")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_cpu_has_bfloat16_reads_the_cpu_flags(tmp_path):
+    from wbc.lessons import cpu_has_bfloat16
+
+    line = "flags\t\t: fpu sse2 avx2 avx512f avx512bw {}\n"
+    for extra, expected in (("avx512_bf16", True), ("amx_bf16 amx_tile", True), ("avx512_vnni", False), ("", False)):
+        (tmp_path / "cpuinfo").write_text(line.format(extra) * 2)
+        assert cpu_has_bfloat16(tmp_path / "cpuinfo") is expected, extra
+    (tmp_path / "arm").write_text("Features\t: fp asimd sve bf16 i8mm\n")
+    assert cpu_has_bfloat16(tmp_path / "arm") is True
+    (tmp_path / "x86_bf16_lookalike").write_text("flags: avx512_bf16x\n")  # whole words only
+    assert cpu_has_bfloat16(tmp_path / "x86_bf16_lookalike") is False
+    assert cpu_has_bfloat16(tmp_path / "missing") is False  # no /proc/cpuinfo (macOS, Windows): float32
+
+
+@pytest.mark.parametrize("model_name", ["cnn1", "small_resnet"])
+def test_bfloat16_models_compute_in_bfloat16_and_output_float32(model_name):
+    import keras
+
+    from wbc.models import build_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(model_name, 3, 32)
+        probs = model(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32"))
+        conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+        assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"  # maths bf16, weights float32
+        assert probs.dtype == "float32"  # the softmax stays float32
+        np.testing.assert_allclose(np.asarray(probs).sum(axis=1), 1.0, atol=1e-5)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -306,11 +352,14 @@ def test_configure_device_gpu_branch_with_faked_devices(monkeypatch):
 
     fake_gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
     real_list = tf.config.list_physical_devices
-    growth = []
+    growth, capability = [], {"value": (8, 0)}
     monkeypatch.setattr(
         tf.config, "list_physical_devices", lambda kind=None: [fake_gpu] if kind == "GPU" else real_list(kind)
     )
     monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda gpu, on: growth.append((gpu, on)))
+    monkeypatch.setattr(
+        tf.config.experimental, "get_device_details", lambda gpu: {"compute_capability": capability["value"]}
+    )
     try:
         strategy = configure_device("auto")
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
@@ -320,12 +369,27 @@ def test_configure_device_gpu_branch_with_faked_devices(monkeypatch):
         assert keras.mixed_precision.global_policy().name == "float32"
         configure_device(True)
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        capability["value"] = (6, 1)  # a Pascal GPU: no tensor cores, float16 does not pay
+        configure_device("auto")
+        assert keras.mixed_precision.global_policy().name == "float32"
+        configure_device("mixed_float16")  # ... unless asked for
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
     monkeypatch.undo()
-    configure_device("auto")  # the real devices again
-    if not tf.config.list_physical_devices("GPU"):
-        assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_train_model_records_the_precision_asked_for_and_used(toy_split, tmp_path):
+    from wbc.train import TrainConfig, train_model
+
+    cfg = TrainConfig(model="cnn1", image_size=32, epochs=1, batch_size=8, precision="mixed_bfloat16")
+    run = train_model(toy_split, tmp_path / "bf16", cfg, verbose=0)
+    config = json.loads((run / "config.json").read_text())
+    assert config["settings"]["precision"] == "mixed_bfloat16"
+    assert config["precision_policy"] == "mixed_bfloat16"
+    assert "dtype policy mixed_bfloat16 (precision=mixed_bfloat16)" in (run / "train.log").read_text()
+    with pytest.raises(WbcError, match="unknown precision"):
+        TrainConfig(precision="fp8").check()
 
 
 @pytest.mark.slow

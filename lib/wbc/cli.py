@@ -40,6 +40,8 @@ TRAIN_HELP = {
     "class_weights": "balanced class weights",
     "reduce_lr": "ReduceLROnPlateau on val_loss",
     "cache": "cache decoded images in memory",
+    "precision": "dtype policy; auto: mixed_float16 on tensor-core GPUs, mixed_bfloat16 on CPUs with bfloat16 "
+    "instructions, else float32 (notebook 10)",
     "seed": "random seed",
 }
 
@@ -499,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to create")
     from dataclasses import fields
 
-    from wbc.train import TrainConfig
+    from wbc.train import PRECISIONS, TrainConfig
 
     for field in fields(TrainConfig):  # one option per setting, its default the TrainConfig's
         if field.name in TRAIN_HELP:
@@ -515,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                     type=kind,
                     default=default,
                     help=TRAIN_HELP[field.name],
-                    choices=["cosine"] if field.name == "lr_schedule" else None,
+                    choices={"lr_schedule": ["cosine"], "precision": PRECISIONS}.get(field.name),
                 )
     p.add_argument("--overwrite", action="store_true", help="replace a complete run at --out")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress bars")

@@ -129,9 +129,13 @@ def output_dir() -> Path:
     return (root / "outputs") if root else (Path.cwd() / "wbc-outputs").resolve()
 
 
-def demo_data_dir() -> Path:
-    """Where the generated demo dataset lives."""
-    return output_dir() / "demo-data"
+def demo_data_dir(per_class: int | None = None) -> Path:
+    """Where the generated demo dataset with ``per_class`` images per class and source lives (default:
+    the profile's). One folder per size, so the ``ci`` and ``demo`` profiles never regenerate each
+    other's data, and can run side by side."""
+    if per_class is None:
+        per_class = get_profile().demo_per_class
+    return output_dir() / f"demo-data-{int(per_class)}"
 
 
 def resolve_data_dir(value: str | os.PathLike | None = None, *, must_exist: bool = True) -> Path | None:
@@ -171,8 +175,8 @@ def real_sample_dir() -> Path | None:
 
 def data_tag(data_dir: Path) -> str:
     """A short name for a data folder, used to keep stage outputs of different data apart."""
-    if data_dir.resolve() == demo_data_dir().resolve():
-        return "demo"
+    if data_dir.resolve().parent == output_dir().resolve() and data_dir.name.startswith("demo-data-"):
+        return "demo"  # the generated demo data, of any size (demo_data_dir)
     digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
     return f"{data_dir.name}-{digest}"
 

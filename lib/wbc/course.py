@@ -108,7 +108,7 @@ def setup_notebook(
     set_seeds(seed)
     say(f"Seed: {seed} (Python, NumPy and TensorFlow seeded once, here)")
     data = config.resolve_data_dir(data_dir)
-    is_demo = data is None or data == config.demo_data_dir().resolve()
+    is_demo = data is None or data == config.demo_data_dir(prof.demo_per_class).resolve()
     if is_demo:
         data = ensure_demo_data(prof.demo_per_class, say=say)
     assert data is not None  # None only when no folder is given, and then is_demo
@@ -238,14 +238,14 @@ def _slug(title: str | None) -> str:
 
 
 def ensure_demo_data(per_class: int, seed: int = 0, say=log.info) -> Path:
-    """Generate the demo data into ``config.demo_data_dir()`` unless a complete copy is there.
+    """Generate the demo data into ``config.demo_data_dir(per_class)`` unless a complete copy is there.
 
     A marker written last records ``per_class`` and ``seed``; a missing or different marker (an
     interrupted or other-sized generation) means the folder is generated again.
     """
     from wbc.demo import generate_demo
 
-    root = config.demo_data_dir()
+    root = config.demo_data_dir(per_class)
     wanted = {"per_class": int(per_class), "seed": int(seed)}
     marker = read_json(root / DEMO_MARKER)
     if marker == wanted:

@@ -53,7 +53,9 @@ def render(notebooks_dir: Path = NOTEBOOKS_DIR) -> str:
                 imports.append(line)
         body = "\n".join(lines).strip("\n")
         blocks.append(f"# ---- notebooks/{name}, cell {index} " + "-" * max(0, 60 - len(name)) + f"\n\n{body}\n")
-    return HEADER + "\n" + "\n".join(sorted(imports)) + "\n\n" + "\n\n".join(blocks)
+    stdlib = sorted(i for i in imports if i.split()[1].split(".")[0] in sys.stdlib_module_names)
+    groups = ["\n".join(group) for group in (stdlib, sorted(set(imports) - set(stdlib))) if group]
+    return HEADER + "\n" + "\n\n".join(groups) + "\n\n" + "\n\n".join(blocks)
 
 
 def main(argv: list[str] | None = None) -> int:

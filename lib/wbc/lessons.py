@@ -3,6 +3,8 @@
 DO NOT EDIT: edit the notebook cell named above each block, then run ``make lib``.
 """
 
+import os
+
 import keras
 import tensorflow as tf
 
@@ -165,16 +167,44 @@ def build_resnet50_transfer(n_classes, image_size, weights=None, dense_units=256
 
 # ---- notebooks/10_training_on_gpu.ipynb, cell 11 ------------------------------------
 
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # /proc/cpuinfo names: AVX-512 BF16, Intel AMX, Arm BF16
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """True when the CPU computes in bfloat16 in hardware (Linux reads it from /proc/cpuinfo; elsewhere False)."""
+    try:
+        with open(cpuinfo) as f:
+            return bool(BF16_CPU_FLAGS & set(f.read().split()))
+    except OSError:  # no /proc/cpuinfo (macOS, Windows): no way to tell, so float32
+        return False
+
+
+def choose_precision(gpus, mixed_precision="auto"):
+    """The dtype policy: an explicit choice (a policy name, True or False) always wins; "auto" looks at the hardware."""
+    if mixed_precision in POLICIES:
+        return mixed_precision
+    if isinstance(mixed_precision, bool):
+        return ("mixed_float16" if gpus else "mixed_bfloat16") if mixed_precision else "float32"
+    if mixed_precision != "auto":
+        raise ValueError(f"mixed_precision={mixed_precision!r}: use 'auto', True, False or one of {POLICIES}")
+    if gpus:  # float16 pays only on tensor cores: compute capability 7.0 (Volta) and later
+        capability = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) for g in gpus]
+        return "mixed_float16" if min(capability) >= (7, 0) else "float32"
+    return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+
+
 def configure_device(mixed_precision="auto"):
-    """Pick the dtype policy and the tf.distribute strategy for the GPUs present (none: float32 on the CPU)."""
+    """Set the dtype policy (choose_precision) and return the tf.distribute strategy for the devices present."""
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)  # take GPU memory as needed
         except RuntimeError:  # the GPU was already initialised: keep what it has
             pass
-    use_mixed = bool(gpus) if mixed_precision == "auto" else bool(mixed_precision) and bool(gpus)
-    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
+    keras.mixed_precision.set_global_policy(choose_precision(gpus, mixed_precision))
+    if "TF_CONFIG" in os.environ:  # several machines: TF_CONFIG lists them all and says which one this is
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()  # one model copy per GPU, gradients summed
     return tf.distribute.get_strategy()  # the default: one device

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if root is None or not (root / "notebooks").is_dir():
             raise WbcError("notebooks/ not found: run this from the repository checkout")
         books = select_notebooks(root / "notebooks", args.only)
-        data = config.resolve_data_dir() or f"demo data (generated in {config.demo_data_dir()})"
+        data = config.resolve_data_dir() or f"demo data (generated in {config.demo_data_dir(profile.demo_per_class)})"
         print(f"profile: {profile.name} | data: {data} | {len(books)} notebook(s) -> {args.out}", flush=True)
         times: list[tuple[str, float]] = []
         for path in books:

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from wbc import checks, runs, runtime
+from wbc import checks, multiworker, runs, runtime
 from wbc.errors import WbcError
 from wbc.locking import FolderLock
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     pass
 
 log = logging.getLogger("wbc.train")
+
+#: The dtype policies a run can ask for; "auto" lets ``configure_device`` (notebook 10) pick by hardware.
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class TrainConfig:
     class_weights: bool = False
     reduce_lr: bool = False
     cache: bool = False
+    precision: str = "auto"  # dtype policy: auto (by hardware, notebook 10) | float32 | mixed_float16 | mixed_bfloat16
     seed: int = 0
     model_options: tuple = ()  # builder keyword arguments as (name, value) pairs, e.g. (("dropout", 0.3),)
 
@@ -72,6 +77,8 @@ class TrainConfig:
             raise WbcError("fine_tune_epochs applies to resnet50 only (the others train fully from the start)")
         if self.reduce_lr and self.lr_schedule:
             raise WbcError("choose either reduce_lr or lr_schedule, not both (both change the learning rate)")
+        if self.precision not in PRECISIONS:
+            raise WbcError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.lr_schedule not in (None, "cosine"):
             raise WbcError(f"unknown lr_schedule {self.lr_schedule!r}: use None or 'cosine'")
         if n_classes is not None and n_classes < 2:
@@ -162,20 +169,23 @@ def train_model(
     classes = read_classes(split_dir)  # two or more, or a WbcError naming classes.txt
     checks.check_split_folder(split_dir)  # no image in two splits, no empty label
     train_df, val_df = load_split(split_dir, "train"), load_split(split_dir, "val")
+    train = functools.partial(_train, split_dir, cfg=cfg, classes=classes, train_df=train_df, val_df=val_df)
+    if not multiworker.is_chief():  # several machines: the other workers train alike, but write elsewhere
+        with tempfile.TemporaryDirectory(prefix="wbc-worker-") as scratch:
+            train(out_dir=Path(scratch) / out_dir.name, overwrite=True, verbose=0, t_start=t_start)
+        return out_dir
     with FolderLock(out_dir, "train"):  # one writer per run folder (re-entrant: the CLI holds it too)
-        return _train(
-            split_dir, out_dir, cfg, classes, train_df, val_df, overwrite=overwrite, verbose=verbose, t_start=t_start
-        )
+        return train(out_dir=out_dir, overwrite=overwrite, verbose=verbose, t_start=t_start)
 
 
 def _train(
     split_dir: Path,
+    *,
     out_dir: Path,
     cfg: TrainConfig,
     classes: list[str],
     train_df: pd.DataFrame,
     val_df: pd.DataFrame,
-    *,
     overwrite: bool,
     verbose: int,
     t_start: float,
@@ -194,15 +204,20 @@ def _train(
     log.setLevel(logging.INFO)
     try:
         set_seeds(cfg.seed)
-        strategy = lessons.configure_device()
+        strategy = lessons.configure_device(cfg.precision)
+        if multiworker.task() is not None:
+            multiworker.patch_keras_fit()
         log.info(
-            "run %s: %s, %d classes, %d train / %d val images, %s",
+            "run %s: %s, %d classes, %d train / %d val images, %s, dtype policy %s (precision=%s), %d replica(s)",
             out_dir,
             cfg.model,
             len(classes),
             len(train_df),
             len(val_df),
             device_summary(),
+            keras_policy_name(),
+            cfg.precision,
+            strategy.num_replicas_in_sync,
         )
         dataset = functools.partial(
             split_dataset,
@@ -214,6 +229,8 @@ def _train(
         )
         train_ds = dataset(train_df, augment=cfg.augment, shuffle=True)
         val_ds = dataset(val_df)
+        if multiworker.task() is not None:
+            train_ds, val_ds = (multiworker.shard_by_batch(ds, cfg.batch_size) for ds in (train_ds, val_ds))
         steps = int(np.ceil(len(train_df) / cfg.batch_size))
         class_weight = (
             _class_weights(label_indices(train_df["label"].astype(str), classes), len(classes))
@@ -225,21 +242,22 @@ def _train(
         lr = _learning_rate(cfg.lr, cfg.lr_schedule, cfg.epochs * steps, cfg.warmup_epochs * steps)
         t_fit = time.perf_counter()
         try:
-            histories = lessons.fit_two_phase(
-                model,
-                train_ds,
-                val_ds,
-                out_dir,
-                epochs=cfg.epochs,
-                lr=lr,
-                fine_tune_epochs=cfg.fine_tune_epochs,
-                fine_tune_lr=cfg.fine_tune_lr,
-                patience=cfg.patience,
-                min_epochs=cfg.min_epochs,
-                reduce_lr=cfg.reduce_lr,
-                class_weight=class_weight,
-                verbose=verbose,
-            )
+            with strategy.scope():  # compile creates the optimizer's variables: mirrored too
+                histories = lessons.fit_two_phase(
+                    model,
+                    train_ds,
+                    val_ds,
+                    out_dir,
+                    epochs=cfg.epochs,
+                    lr=lr,
+                    fine_tune_epochs=cfg.fine_tune_epochs,
+                    fine_tune_lr=cfg.fine_tune_lr,
+                    patience=cfg.patience,
+                    min_epochs=cfg.min_epochs,
+                    reduce_lr=cfg.reduce_lr,
+                    class_weight=class_weight,
+                    verbose=verbose,
+                )
         except Exception as exc:
             import tensorflow as tf
 
@@ -258,6 +276,7 @@ def _train(
             elapsed_s=round(time.perf_counter() - t_start, 2),
             fit_seconds=round(fit_s, 2),
             images_per_s=round(len(train_df) * epochs_run / fit_s, 2) if fit_s else None,
+            replicas=strategy.num_replicas_in_sync,
         )
         config = runs.finish_run(out_dir, model, config, phase1_epochs=len(histories[0].epoch))
         log.info(
@@ -275,12 +294,17 @@ def _train(
         handler.close()
 
 
+def keras_policy_name() -> str:
+    """The global Keras dtype policy in force (what ``configure_device`` chose)."""
+    import keras
+
+    return keras.mixed_precision.global_policy().name
+
+
 def run_config(
     cfg: TrainConfig, split_dir: Path, classes: list[str], weights, train_df: pd.DataFrame, val_df: pd.DataFrame
 ) -> dict:
     """What ``config.json`` records besides the best epoch: settings, data, versions, device."""
-    import keras
-
     from wbc.preprocess import preprocess_settings
 
     return {
@@ -298,6 +322,6 @@ def run_config(
         "n_val": len(val_df),
         "seed": cfg.seed,
         "device": device_summary(),
-        "precision_policy": keras.mixed_precision.global_policy().name,
+        "precision_policy": keras_policy_name(),
         "versions": library_versions(),
     }
