@@ -1,9 +1,11 @@
 """What a student sees: the stored outputs of executed notebooks are free of noise.
 
-``make test`` executes the notebooks in the ``ci`` profile into ``outputs/notebooks-ci`` (the
-folder ``$WBC_EXECUTED_NOTEBOOKS`` names) and then runs this file, which fails on a Python
-warning, a traceback, a ``WARNING:tensorflow`` line, a retracing message, progress-bar residue,
-or more than ``MAX_LOG_LINES`` lines of plain log in one cell. Without executed notebooks (a
+``make test`` runs the notebooks under nbval in the ``ci`` profile (and 01-08 on the real sample);
+``notebooks/conftest.py`` writes what each cell printed into ``outputs/nbval-ci`` (the folder
+``$WBC_EXECUTED_NOTEBOOKS`` names), and this file then fails on a Python warning, a traceback, a
+``WARNING:tensorflow`` line, a retracing message, progress-bar residue, or more than
+``MAX_LOG_LINES`` lines of plain log in one cell. It scans ``make run``'s executed notebooks the same
+way: ``WBC_EXECUTED_NOTEBOOKS=outputs/notebooks-demo``. Without executed notebooks (a
 plain ``pytest tests``) the scan is skipped; the checker itself is always tested.
 """
 
@@ -100,3 +102,36 @@ def test_clean_output_passes():
         )
         == []
     )
+
+
+def test_a_warning_planted_in_a_notebook_fails_the_scan_of_its_nbval_run(tmp_path):
+    """The whole path of ``make test``: nbval runs a notebook, notebooks/conftest.py keeps its outputs,
+    and the scan finds the warning one cell printed (and nothing in the clean cell)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import nbformat
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "notebooks" / "conftest.py", folder / "conftest.py")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("print('accuracy 0.91')"),
+        nbformat.v4.new_code_cell("import warnings\nwarnings.warn('planted for the test', UserWarning)"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "01_planted.ipynb")
+    kept = tmp_path / "executed"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", "."],
+        cwd=folder,
+        env=os.environ | {"WBC_EXECUTED_NOTEBOOKS": str(kept)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr  # nbval itself passes: a warning is no error
+    found = problems(json.loads((kept / "01_planted.ipynb").read_text(encoding="utf-8")))
+    assert len(found) == 1 and found[0].startswith("code cell 1: Python warning"), found

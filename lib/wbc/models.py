@@ -77,12 +77,18 @@ def resolve_weights(weights: str | Path | None) -> str | Path | None:
         fetch_imagenet_weights()
         return "imagenet"
     except WbcError as exc:
-        bar = "!" * 78
-        logging.getLogger(__name__).warning(
-            f"{bar}\nWARNING: ImageNet weights unavailable, so ResNet50 starts from RANDOM weights.\n{exc}\n"
-            f"Results will be far below the study's; this is expected here.\n{bar}"
-        )
+        cache = imagenet_cache_path()
+        if cache not in _WARNED_RANDOM:  # once per process and cache: notebooks resolve "auto" more than once
+            _WARNED_RANDOM.add(cache)
+            logging.getLogger(__name__).warning(
+                f"WARNING: no ImageNet weights ({type(exc.__cause__).__name__}): ResNet50 starts from RANDOM weights, "
+                f"so its accuracy stays far below the study's. To use them, copy {RESNET50_NOTOP_FILE} to {cache} "
+                "or pass its path as WEIGHTS (notebook 09 explains)."
+            )
         return "none"
+
+
+_WARNED_RANDOM: set[Path] = set()
 
 
 def _weights_layer_names(path: Path) -> set[str]:
