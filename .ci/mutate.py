@@ -1,17 +1,19 @@
 """Mutation testing (mutmut 3) of the modules whose mistakes would corrupt results silently.
 
-    python .ci/mutate.py [--jobs N] [--keep] [--list-survivors]      (``make mutate``)
+    python .ci/mutate.py [--jobs N] [--keep] [--only MODULE ...] [--list-survivors]   (``make mutate``)
 
 mutmut only puts ``./``, ``src/`` or ``source/`` of the mutated copy on ``sys.path`` and names the
 mutants after the file path, so the ``lib/`` layout is staged under ``outputs/mutmut/`` as
 ``src/wbc`` (plus ``tests/`` and ``pyproject.toml`` with a ``[tool.mutmut]`` section) and mutmut
 runs there. Only the functions in ``TARGETS`` are mutated (the silent-corruption core: label map
-and merge, split and audit, metrics, the image header / pixel-limit / min-size checks and
-sniffing, the black-band check); each mutant runs only the tests of ``TESTS`` that call its
-function. Prints killed / survived per module and the score, killed / (killed + survived + no
-tests); timeouts count as killed. Survivors are listed in ``outputs/mutmut/survivors.txt``
-(``mutmut show NAME`` inside ``outputs/mutmut`` shows the diff). ``--keep`` reuses the previous
-run's results for unchanged functions (quicker, for iterating); the default starts afresh.
+and merge, the whole of ``wbc.split`` (grouping, hashing, allocation, the leakage audit, the split
+folders), metrics, the image header / pixel-limit / min-size checks and sniffing, the black-band
+check); each mutant runs only the tests of ``TESTS`` that call its function (``--only MODULE``:
+those modules alone, for iterating). Prints killed / survived per module and the score,
+killed / (killed + survived + no tests); timeouts count as killed. Survivors are listed in
+``outputs/mutmut/survivors.txt`` (``mutmut show NAME`` inside ``outputs/mutmut`` shows the diff).
+``--keep`` reuses the previous run's results for unchanged functions (quicker, for iterating); the
+default starts afresh.
 """
 
 from __future__ import annotations
@@ -33,10 +35,7 @@ STAGE = ROOT / "outputs" / "mutmut"
 TARGETS: dict[str, list[str] | None] = {
     "labels": None,
     "merge": None,
-    # split: the allocation and its checks. duplicate_groups, content_hashes, audit_splits and
-    # split_manifest are left out: their tests read images and took the full run past 40 minutes
-    # on two cores (a first run killed 267 of 292 of their mutants checked before it was stopped).
-    "split": ["_check_fractions", "_resolve_cross_label", "_allocate", "check_labels", "shared_classes"],
+    "split": None,
     "metrics": None,
     "images": [
         "sniff_format",
@@ -50,10 +49,13 @@ TARGETS: dict[str, list[str] | None] = {
     "preprocess": ["detect_black_band", "describe_black_band"],
 }
 
-#: The fast test files that exercise those modules (the 25 s demo-duplicates scan is left out).
+#: The fast test files (or single tests) that exercise those modules.
 TESTS = [
     "tests/test_merge.py",
     "tests/test_split.py",
+    "tests/test_split_audit.py",
+    "tests/test_experiments.py::test_build_external_split",
+    "tests/test_experiments.py::test_build_external_split_needs_two_shared_classes",
     "tests/test_metrics.py",
     "tests/test_preprocess.py",
     "tests/test_reliability_data.py",
@@ -61,7 +63,24 @@ TESTS = [
     "tests/test_bad_input.py",
     "tests/test_mutation_killers.py",
 ]
-DESELECT = ["tests/test_split.py::test_demo_data_has_only_the_planted_duplicate_groups"]
+#: Left out: the demo-duplicates scan (25 s) and the end-to-end CLI runs (2-4 s each with the demo
+#: data they generate); each would run for every mutant of wbc.split. test_split_audit.py calls the
+#: same functions directly on a few tiny images instead.
+DESELECT = [
+    "tests/test_split.py::test_demo_data_has_only_the_planted_duplicate_groups",
+    "tests/test_split.py::test_cli_preprocess_then_split_on_demo_data",
+    "tests/test_split.py::test_cli_split_writes_byte_identical_files_for_the_same_seed",
+]
+
+#: A pytest plugin (``-p``) for the mutmut runs. tqdm guards its bars with a multiprocessing lock,
+#: a semaphore that mutmut's main process creates (the first test that hashes images) and that
+#: every forked worker then shares: a worker killed while holding it blocks all the others, and
+#: each then runs into its timeout. One worker needs no more than tqdm's thread lock.
+PLUGIN = (
+    '"""Written by .ci/mutate.py (see PLUGIN there): tqdm without its multiprocessing lock."""\n\n'
+    "from tqdm.std import TqdmDefaultWriteLock\n\n"
+    "TqdmDefaultWriteLock.mp_lock = None\n"
+)
 
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # test failure, pytest internal error, timeouts
 SURVIVED = {0}
@@ -85,11 +104,13 @@ def stage() -> None:
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         f"only_mutate = {_toml_list([f'src/wbc/{m}.py' for m in TARGETS])}\n"
-        f"pytest_add_cli_args = {_toml_list(['-p', 'no:cacheprovider', '-p', 'no:randomly'] + [f'--deselect={d}' for d in DESELECT])}\n"
-        f"pytest_add_cli_args_test_selection = {_toml_list([t for t in TESTS if (ROOT / t).is_file()])}\n"
+        f"pytest_add_cli_args = {_toml_list(['-p', 'no:cacheprovider', '-p', 'no:randomly', '-p', 'mutmut_no_mp_lock'] + [f'--deselect={d}' for d in DESELECT])}\n"
+        f"pytest_add_cli_args_test_selection = {_toml_list([t for t in TESTS if (ROOT / t.split('::')[0]).is_file()])}\n"
         "use_git_change_detection = false\n"
     )
     (STAGE / "pyproject.toml").write_text(config)
+    (STAGE / "plugins").mkdir(exist_ok=True)
+    (STAGE / "plugins" / "mutmut_no_mp_lock.py").write_text(PLUGIN)
 
 
 def patterns() -> list[str]:
@@ -160,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="mutants tested at once")
     parser.add_argument("--keep", action="store_true", help="reuse the previous run's results (mutants/ kept)")
     parser.add_argument("--report-only", action="store_true", help="print the scores of the last run, run nothing")
+    parser.add_argument("--only", nargs="+", choices=list(TARGETS), help="mutate these modules only (iterating)")
     parser.add_argument("--list-survivors", action="store_true", help="print the surviving mutants' names")
     args = parser.parse_args(argv)
+    if args.only:
+        for module in set(TARGETS) - set(args.only):
+            del TARGETS[module]
     mutmut = Path(sys.executable).with_name("mutmut")
     if not args.report_only:
         if not args.keep:
@@ -169,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         stage()
         start = time.monotonic()
         env = {**os.environ, "WBC_REAL_SAMPLE": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONDONTWRITEBYTECODE": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(STAGE / "plugins"), os.environ.get("PYTHONPATH")]))
         rc = subprocess.call([str(mutmut), "run", "--max-children", str(args.jobs), *patterns()], cwd=STAGE, env=env)
         print(f"mutmut run: exit {rc}, {time.monotonic() - start:.0f} s")
         if rc != 0:
