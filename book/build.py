@@ -123,9 +123,10 @@ def stage(src: Path, notebooks: Path, repo: Path = REPO) -> list[str]:
 def build(notebooks: Path, out: Path) -> Path:
     """Stage the sources and run Sphinx; return the folder of the site."""
     src, html = out / "src", out / "html"
-    for folder in (src, html, out / "doctrees"):
+    shutil.rmtree(src, ignore_errors=True)
+    warnings = stage(src, notebooks)  # checks every notebook first: a missing one leaves the old site in place
+    for folder in (html, out / "doctrees"):
         shutil.rmtree(folder, ignore_errors=True)
-    warnings = stage(src, notebooks)
     for warning in warnings:
         print(f"warning: {warning}; run `make run` to refresh the site's notebooks", file=sys.stderr)
     command = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-W", "--keep-going"]
