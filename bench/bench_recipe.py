@@ -23,10 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import image_table  # noqa: E402
 from bench_training import write_split  # noqa: E402
 
-#: name -> the ``train`` settings that differ between the recipes (both: small_resnet, 64 px, cosine).
+#: name -> the ``train`` settings that differ (all: small_resnet, 64 px, cosine); the README's budgets differ
+#: in epochs too, which changes the time per run, not the rate.
 RECIPES = {
-    "README recipe (batch 32)": dict(batch_size=32, lr=2e-3, cache=False),
-    "fast recipe (batch 64, --cache)": dict(batch_size=64, lr=3e-3, cache=True),
+    "standard (batch 32)": dict(batch_size=32, lr=2e-3, cache=False),
+    "fast (batch 32, --cache)": dict(batch_size=32, lr=2e-3, cache=True),
+    "batch 64, --cache": dict(batch_size=64, lr=3e-3, cache=True),
 }
 
 
@@ -70,8 +72,10 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, rate in best.items():
         print(f"| {name} | {rate:.1f} | {10_000 / rate / 60:.1f} |")
-    first, second = best.values()
-    print(f"\nratio fast / README: {second / first:.2f}")
+    standard = best["standard (batch 32)"]
+    print(
+        "\n" + ", ".join(f"{name} / standard: {rate / standard:.2f}" for name, rate in best.items() if rate != standard)
+    )
 
 
 if __name__ == "__main__":
