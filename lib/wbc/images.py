@@ -11,8 +11,11 @@ too, since they are computed from decoded pixels.
 from __future__ import annotations
 
 import contextlib
+import errno
+import importlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 
@@ -66,19 +69,84 @@ class BadImageError(WbcError):
 def sniff_format(data: bytes) -> str | None:
     """The format named by the first bytes (``"JPEG"``, ``"PNG"``, ``"TIFF"``, ..., ``"DS_STORE"``), else None."""
     data = bytes(data[:16])
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"  # the usual case, before the table
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     return next((kind for magic, kind in SIGNATURES if data.startswith(magic)), None)
 
 
-def header_size(source: bytes | str | os.PathLike) -> tuple[int, int] | None:
-    """``(width, height)`` from the image header only (Pillow's lazy open: no pixel decoded), from
-    the bytes or the path; None when Pillow cannot parse the header (OpenCV then decides)."""
+#: Pillow's plugin module for each sniffed format: importing it registers that one format, so a
+#: header is parsed without Pillow trying (and first importing) every other plugin.
+_PIL_PLUGINS = {
+    "JPEG": "JpegImagePlugin",
+    "PNG": "PngImagePlugin",
+    "TIFF": "TiffImagePlugin",
+    "BMP": "BmpImagePlugin",
+    "GIF": "GifImagePlugin",
+    "WEBP": "WebPImagePlugin",
+}
+#: JPEG frame-header markers (SOF0-SOF15 without DHT C4, JPG C8 and DAC CC): they carry the size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_header_size(data: bytes | bytearray) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's first frame header (SOFn), walking the marker segments
+    before it as libjpeg does; None when they cannot be walked (Pillow then decides). A few
+    microseconds: no Pillow object, no plugin lookup."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None  # garbage between segments: leave it to Pillow
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            pos += 2
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):  # SOI, EOI or scan data before any frame header
+            return None
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 9 > end:
+                return None
+            height = (data[pos + 5] << 8) | data[pos + 6]
+            width = (data[pos + 7] << 8) | data[pos + 8]
+            return (width, height) if width and height else None  # height 0: DNL, Pillow decides
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def header_size(source: bytes | str | os.PathLike, kind: str | None = None) -> tuple[int, int] | None:
+    """``(width, height)`` from the image header only (no pixel decoded), from the bytes or the
+    path; None when the header cannot be parsed (OpenCV then decides). ``kind``, the format
+    ``sniff_format`` named, restricts the parse to that format: JPEG by ``jpeg_header_size``,
+    others by that one Pillow plugin; where that fails every plugin is tried, as without ``kind``."""
+    is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    if kind == "JPEG" and isinstance(source, (bytes, bytearray, memoryview)):
+        size = jpeg_header_size(bytes(source) if isinstance(source, memoryview) else source)
+        if size is not None:
+            return size
     from PIL import Image
 
     def stream():
-        return io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
+        return io.BytesIO(source) if is_bytes else open(source, "rb")
 
+    plugin = _PIL_PLUGINS.get(kind) if kind is not None else None
+    if kind is not None and plugin is not None:
+        try:
+            importlib.import_module(f"PIL.{plugin}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # DecompressionBombWarning: our own limit applies
+                with stream() as fh, Image.open(fh, formats=[kind]) as im:
+                    return int(im.size[0]), int(im.size[1])
+        except Exception:
+            pass  # not parsed as the sniffed format (or a bomb): the general path below decides
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: our own limit applies
@@ -140,18 +208,6 @@ def _jpeg_is_complete(data: bytes) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's own log lines (libtiff/libpng complaints): errors are reported by us."""
-    logging = cv2.utils.logging
-    level = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        logging.setLogLevel(level)
-
-
 def decode_raw(data: bytes, path: str | os.PathLike = "<bytes>", *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes as stored (any dtype and channel count, OpenCV's BGR order); raise
     BadImageError with the reason. The header is checked against ``max_pixels`` first: a 20000 x
@@ -164,16 +220,20 @@ def decode_raw(data: bytes, path: str | os.PathLike = "<bytes>", *, max_pixels: 
         raise BadImageError(path, f"not an image (unrecognised content, first bytes {bytes(data[:8])!r})")
     if kind == "DS_STORE":
         raise BadImageError(path, "not an image (macOS .DS_Store metadata file)")
-    size = header_size(data)
+    size = header_size(data, kind)
     if size is not None:
         check_pixel_limit(*size, path, max_pixels)
     if kind == "JPEG" and not _jpeg_is_complete(data):
         raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
-    with _quiet_opencv():
-        try:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error as exc:
-            raise BadImageError(path, f"corrupt {kind} ({str(exc).strip().splitlines()[-1]})") from None
+    logging = cv2.utils.logging  # OpenCV's own log lines (libtiff/libpng complaints): we report errors
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise BadImageError(path, f"corrupt {kind} ({str(exc).strip().splitlines()[-1]})") from None
+    finally:
+        logging.setLogLevel(level)
     if img is None or img.size == 0:
         raise BadImageError(path, f"corrupt or truncated {kind} (OpenCV could not decode it)")
     return img
@@ -212,20 +272,41 @@ def _reading(path: str | os.PathLike) -> Iterator[None]:
     """Turn the errors of reading ``path`` into BadImageErrors that say what is wrong."""
     try:
         yield
-    except FileNotFoundError:
-        raise BadImageError(path, "file not found (deleted or moved?)") from None
-    except IsADirectoryError:
-        raise BadImageError(path, "is a folder, not an image file") from None
-    except PermissionError:
-        raise BadImageError(path, "permission denied") from None
     except OSError as exc:
-        raise BadImageError(path, f"cannot read ({exc.strerror or exc})") from None
+        raise _read_error(path, exc) from None
+
+
+def _read_error(path: str | os.PathLike, exc: OSError) -> BadImageError:
+    if isinstance(exc, FileNotFoundError):
+        return BadImageError(path, "file not found (deleted or moved?)")
+    if isinstance(exc, IsADirectoryError):
+        return BadImageError(path, "is a folder, not an image file")
+    if isinstance(exc, PermissionError):
+        return BadImageError(path, "permission denied")
+    return BadImageError(path, f"cannot read ({exc.strerror or exc})")
 
 
 def read_bytes(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
-    """The file's bytes and its stat, with clear errors for missing or unreadable files."""
-    with _reading(path), open(path, "rb") as fh:
-        return fh.read(), os.fstat(fh.fileno())
+    """The file's bytes and its stat (taken before reading: a file changed while read looks
+    changed to a later stat), with clear errors for missing or unreadable files. Plain system
+    calls (open, fstat, one read in the usual case), no buffered file object."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+            data = os.read(fd, st.st_size + 1)  # one byte more than the size: the end is seen
+            if len(data) != st.st_size:  # grew, shrank, a short read or not a regular file
+                parts = [data]
+                while chunk := os.read(fd, 1 << 20):
+                    parts.append(chunk)
+                data = b"".join(parts)
+            return data, st
+        finally:
+            os.close(fd)
+    except OSError as exc:  # as _reading does, without a context manager per image
+        raise _read_error(path, exc) from None
 
 
 def read_raw(
@@ -273,10 +354,10 @@ def phash_gray(gray: np.ndarray) -> str:
     """DCT perceptual hash of a grayscale uint8 image: 16 hex digits (64 bits). The 8x8 lowest
     frequencies of the 32x32 DCT are compared with their median, one bit each: coarse structure
     survives JPEG re-encoding, resizing and small brightness changes."""
-    low = cv2.dct(_shrink(gray, 32, 128))[:8, :8].flatten()
-    middle = np.partition(low, (31, 32))[31:33]
-    bits = low > (middle[0] + middle[1]) / 2  # the median, without np.median's overhead
-    return f"{int(np.packbits(bits).view('>u8')[0]):016x}"
+    low = cv2.dct(_shrink(gray, 32, 128))[:8, :8].ravel()
+    middle = np.partition(low, (31, 32))
+    bits = low > (middle[31] + middle[32]) / 2  # the median, without np.median's overhead
+    return f"{int.from_bytes(np.packbits(bits).tobytes(), 'big'):016x}"
 
 
 def perceptual_hash(img: np.ndarray) -> str:
