@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 WBC_REAL_SAMPLE ?= $(wildcard $(CURDIR)/../shared/real-sample)
 export WBC_REAL_SAMPLE
 
-.PHONY: setup lib lint run test test-unit test-notebooks test-notebooks-real mutate lock clean help
+.PHONY: setup lib lint run test test-unit test-notebooks test-notebooks-real mutate bench book test-book browser lock clean help
 
 help:
 	@echo "make run    - set up and execute all notebooks (PROFILE=$(PROFILE); outputs/ holds the results)"
@@ -22,6 +22,8 @@ help:
 	@echo "make lib    - regenerate lib/wbc/lessons.py from the notebooks' #@save cells"
 	@echo "make lint   - ruff (lint + format check) and mypy"
 	@echo "make mutate - mutation testing of the result-critical modules (slow; prints the score per module)"
+	@echo "make book   - the course website from the executed notebooks (outputs/book/html; docs/WEBSITE.md)"
+	@echo "make bench  - the benchmarks on the real sample (about 10 minutes; prints every ratio, bench/README.md)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,13 +56,21 @@ test-unit: setup
 	$(BIN)/python -m wbc.export --check
 	$(BIN)/python -m pytest -n 2 -q --cov --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR) tests
 
+# nbval runs every cell; notebooks/conftest.py keeps what each printed in outputs/nbval-*, and
+# tests/test_executed_outputs.py then scans it (warnings, tracebacks, retracing, progress residue, long logs).
 test-notebooks: setup
-	WBC_PROFILE=ci $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks
+	rm -rf outputs/nbval-ci
+	WBC_PROFILE=ci WBC_EXECUTED_NOTEBOOKS=outputs/nbval-ci $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  --nbval-lax --nbval-current-env notebooks
+	WBC_EXECUTED_NOTEBOOKS=outputs/nbval-ci $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_executed_outputs.py
 
 test-notebooks-real: setup
 	@if [ -n "$(WBC_REAL_SAMPLE)" ]; then \
-	  WBC_PROFILE=ci WBC_DATA_DIR=$(WBC_REAL_SAMPLE) $(BIN)/python -m pytest -q -p no:cacheprovider \
-	    --nbval-lax --nbval-current-env $(REAL_NOTEBOOKS); \
+	  rm -rf outputs/nbval-real && \
+	  WBC_PROFILE=ci WBC_DATA_DIR=$(WBC_REAL_SAMPLE) WBC_EXECUTED_NOTEBOOKS=outputs/nbval-real \
+	    $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(REAL_NOTEBOOKS) && \
+	  WBC_EXECUTED_NOTEBOOKS=outputs/nbval-real $(BIN)/python -m pytest -q -p no:cacheprovider \
+	    tests/test_executed_outputs.py; \
 	else echo "WBC_REAL_SAMPLE not set: notebooks on the real sample skipped"; fi
 
 REAL_NOTEBOOKS = $(sort $(wildcard notebooks/0[1-8]_*.ipynb))
@@ -69,6 +79,35 @@ REAL_NOTEBOOKS = $(sort $(wildcard notebooks/0[1-8]_*.ipynb))
 # (about ten minutes on two cores). Prints the mutation score per module (.ci/mutate.py).
 mutate: setup
 	$(BIN)/python .ci/mutate.py
+
+# Every benchmark on the real sample ($(WBC_REAL_SAMPLE)), each printing its ratios (bench/README.md):
+# preprocessing vs a bare OpenCV loop, input vs model, train_model vs bare fit, bfloat16 vs float32,
+# and the CPU recipes end to end.
+bench: setup
+	@test -n "$(WBC_REAL_SAMPLE)" || { echo "make bench needs the real sample: set WBC_REAL_SAMPLE"; exit 1; }
+	$(BIN)/python bench/bench_preprocess.py --folder $(WBC_REAL_SAMPLE) --size 400 --repeat 3 --memory-n 500
+	$(BIN)/python bench/bench_pipeline.py --images $(WBC_REAL_SAMPLE)/PBC_dataset_normal_DIB
+	$(BIN)/python bench/bench_training.py --images $(WBC_REAL_SAMPLE)/PBC_dataset_normal_DIB
+	$(BIN)/python bench/bench_precision.py --images $(WBC_REAL_SAMPLE)/PBC_dataset_normal_DIB
+	$(BIN)/python bench/bench_recipe.py --images $(WBC_REAL_SAMPLE)/PBC_dataset_normal_DIB
+
+# The course website (docs/WEBSITE.md): README, docs and the notebooks as executed by `make run`
+# (never executed again here) -> outputs/book/html. BOOK_NOTEBOOKS names another folder of executed
+# notebooks (CI: outputs/nbval-ci from test-notebooks); the default folder is made by `make run` when missing.
+BOOK_PROFILE   ?= demo
+BOOK_NOTEBOOKS ?= outputs/notebooks-$(BOOK_PROFILE)
+book: setup browser
+	@if [ ! -f $(BOOK_NOTEBOOKS)/13_explainability_and_external_validation.ipynb ] && \
+	    [ "$(BOOK_NOTEBOOKS)" = "outputs/notebooks-$(BOOK_PROFILE)" ]; then $(MAKE) run PROFILE=$(BOOK_PROFILE); fi
+	$(BIN)/python book/build.py --notebooks $(BOOK_NOTEBOOKS) --out outputs/book
+
+# Debian's Chromium for the browser test: installed when missing and we are root (book/install_chromium.sh).
+browser:
+	@bash book/install_chromium.sh
+
+# Every page of the built site in headless Chromium: no console error, every image loaded, every internal link resolves.
+test-book: setup browser
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_book.py
 
 lock: setup
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^wbc' > requirements.txt.new && mv requirements.txt.new requirements.txt
