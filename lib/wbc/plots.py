@@ -85,23 +85,15 @@ def plot_history(
                 ax.plot(epochs, history[column], style, markersize=3, label=label)
         if "phase" in history.columns:
             phases = history["phase"].astype(str).to_numpy()
-            for i in np.flatnonzero(phases[1:] != phases[:-1]) + 1:
-                ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
-                ax.annotate(
-                    f"phase: {phases[i]}",
-                    (i + 0.6, 0.95),
-                    xycoords=("data", "axes fraction"),
-                    fontsize=8,
-                    color="grey",
-                    va="top",
-                )
+            for i in np.flatnonzero(phases[1:] != phases[:-1]) + 1:  # named in the legend, not over the curves
+                ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1, label=f"phase {phases[i]} starts")
         ax.set_title(metric.capitalize())
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # below the panel: never over the data
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.suptitle(title)
     return _finish(fig, path)
 
