@@ -225,6 +225,7 @@ def test_a_class_never_predicted_has_precision_zero_and_a_single_image_class_has
     assert m["balanced_accuracy"] == 0.5
 
 
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # one class: sklearn says so too
 def test_single_class_truth_has_notes_and_no_aucs():
     m = compute_metrics([0, 0], [[1.0], [1.0]], ["a"])
     assert m["auc_macro"] is None and m["auc_micro"] is None
