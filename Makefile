@@ -23,7 +23,7 @@ help:
 	@echo "make lint   - ruff (lint + format check) and mypy"
 	@echo "make mutate - mutation testing of the result-critical modules (slow; prints the score per module)"
 	@echo "make book   - the course website from the executed notebooks (outputs/book/html; docs/WEBSITE.md)"
-	@echo "make bench  - the benchmarks on the real sample (about 10 minutes; prints every ratio, bench/README.md)"
+	@echo "make bench  - the benchmarks on the real sample (about 15 minutes; prints every ratio, bench/README.md)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,7 +76,7 @@ test-notebooks-real: setup
 REAL_NOTEBOOKS = $(sort $(wildcard notebooks/0[1-8]_*.ipynb))
 
 # Mutation testing (mutmut) of labels/merge, split, metrics and the image checks; not part of `make test`
-# (about ten minutes on two cores). Prints the mutation score per module (.ci/mutate.py).
+# (about 15 minutes on two idle cores, an estimate from CPU time). Prints the mutation score per module (.ci/mutate.py).
 mutate: setup
 	$(BIN)/python .ci/mutate.py
 
