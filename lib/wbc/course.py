@@ -92,6 +92,7 @@ def setup_notebook(
     """
     global _CURRENT
     config.show_logs()
+    pd.set_option("display.max_colwidth", None)  # whole sentences in tables (notes, reasons, file names)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     valid = {f.name for f in fields(config.Profile)} - {"name"}
     unknown = sorted(set(overrides) - valid)

@@ -81,7 +81,8 @@ def resolve_weights(weights: str | Path | None) -> str | Path | None:
         if cache not in _WARNED_RANDOM:  # once per process and cache: notebooks resolve "auto" more than once
             _WARNED_RANDOM.add(cache)
             logging.getLogger(__name__).warning(
-                f"WARNING: no ImageNet weights ({type(exc.__cause__).__name__}): ResNet50 starts from RANDOM weights, "
+                f"WARNING: no ImageNet weights ({str(exc.__cause__).split(' -- ')[-1][:100]}): "
+                "ResNet50 starts from RANDOM weights, "
                 f"so its accuracy stays far below the study's. To use them, copy {RESNET50_NOTOP_FILE} to {cache} "
                 "or pass its path as WEIGHTS (notebook 09 explains)."
             )
