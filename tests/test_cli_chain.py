@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_evaluate import EXPECTED_FILES
 
 from wbc.cli import main as wbc
 
@@ -75,19 +76,7 @@ def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) ->
     printed = capsys.readouterr().out
     out = run / "evaluation" / "test"
     assert "accuracy" in printed and str(out) in printed
-    for name in (
-        "metrics.json",
-        "report.csv",
-        "report.md",
-        "confusion_counts.csv",
-        "confusion_normalised.csv",
-        "predictions.csv",
-        "curves.png",
-        "confusion.png",
-        "confusion_normalised.png",
-        "roc.png",
-        "errors.png",
-    ):
+    for name in EXPECTED_FILES:  # what `evaluate` writes (tests/test_evaluate.py)
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = pd.read_csv(out / "predictions.csv")

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from test_reliability_data import giant_png
 
 from wbc.cli import main as cli_main
 from wbc.download import PBC_COUNTS, REGISTRY, download_dataset, extract_archive, fetch_url, verify_folder
@@ -194,20 +195,6 @@ def test_cli_archive_limits_apply_to_pbc_only(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- verification
-
-
-def giant_png(width: int, height: int) -> bytes:
-    """A valid 1-bit PNG of width x height: kilobytes on disk, gigabytes once decoded."""
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    row = b"\x00" + bytes((width + 7) // 8)
-    comp = zlib.compressobj(9)
-    body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 def test_verification_does_not_read_huge_files_or_decode_bombs(tmp_path, monkeypatch):
