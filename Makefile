@@ -76,7 +76,7 @@ test-notebooks-real: setup
 REAL_NOTEBOOKS = $(sort $(wildcard notebooks/0[1-8]_*.ipynb))
 
 # Mutation testing (mutmut) of labels/merge, split, metrics and the image checks; not part of `make test`
-# (about 15 minutes on two idle cores, an estimate from CPU time). Prints the mutation score per module (.ci/mutate.py).
+# (about 9 minutes on two idle cores). Prints the mutation score per module (.ci/mutate.py).
 mutate: setup
 	$(BIN)/python .ci/mutate.py
 
