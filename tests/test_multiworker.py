@@ -84,3 +84,25 @@ def test_the_chief_is_named_by_tf_config(monkeypatch, tf_config, chief):
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     assert multiworker.is_chief() is chief
+
+
+@pytest.mark.parametrize("index, locked", [(0, True), (1, False)])
+def test_the_command_line_locks_the_shared_run_folder_on_the_chief_only(tmp_path, monkeypatch, index, locked):
+    from wbc import cli, train
+    from wbc.locking import lock_path
+
+    split = write_toy_split(tmp_path / "data", per_class=4)
+    run_dir = tmp_path / "shared" / "run"
+    seen = []
+    monkeypatch.setattr(train, "train_model", lambda *args, **kwargs: seen.append(lock_path(run_dir).exists()))
+    cluster = {"worker": ["a:1", "b:1"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    argv = ["train", "--split-dir", str(split), "--model", "cnn1", "--out", str(run_dir), "--quiet"]
+    assert cli.main(argv) == 0
+    assert seen == [locked]  # worker 1 would otherwise hold, or be refused, the chief's lock
+
+
+def test_the_precisions_train_accepts_are_the_policies_notebook_10_knows():
+    from wbc import lessons, train
+
+    assert set(train.PRECISIONS) == {"auto", *lessons.POLICIES}

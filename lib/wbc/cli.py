@@ -9,6 +9,7 @@ a ``WbcError`` as ``error: ...`` and exits 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -222,13 +223,14 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Refuse degenerate input before TensorFlow works (``wbc.checks``), then train under the run
     folder's lock: a second ``train`` or an ``evaluate`` on it is refused, naming this one."""
-    from wbc import checks, train
+    from wbc import checks, multiworker, train
     from wbc.locking import FolderLock
 
     checks.check_learning_rate(args.lr, "--lr")
     checks.check_learning_rate(args.fine_tune_lr, "--fine-tune-lr")
     checks.check_split_folder(args.split_dir)
-    with FolderLock(args.out, "train"):
+    # several machines (TF_CONFIG): only the chief writes, and locks, the shared run folder (wbc.multiworker)
+    with FolderLock(args.out, "train") if multiworker.is_chief() else contextlib.nullcontext():
         cfg = train.TrainConfig(**{k: v for k, v in vars(args).items() if k in TRAIN_HELP or k == "model"})
         train.train_model(args.split_dir, args.out, cfg, overwrite=args.overwrite, verbose=0 if args.quiet else 1)
     return 0

@@ -13,22 +13,23 @@ import json
 import os
 
 
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG")
+    return json.loads(raw) if raw else {}
+
+
 def task() -> tuple[str, int] | None:
     """This process's (task type, index) from ``TF_CONFIG``; None when it is unset (one machine)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return None
-    spec = json.loads(raw).get("task", {})
-    return str(spec.get("type", "worker")), int(spec.get("index", 0))
+    spec = _tf_config().get("task")
+    return None if spec is None else (str(spec.get("type", "worker")), int(spec.get("index", 0)))
 
 
 def is_chief() -> bool:
     """True for the task that writes the run: the ``chief`` task, or worker 0 when the cluster has no chief."""
     this = task()
-    if this is None:
-        return True
-    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
-    return this[0] == "chief" or (this == ("worker", 0) and "chief" not in cluster)
+    return (
+        this is None or this[0] == "chief" or (this == ("worker", 0) and "chief" not in _tf_config().get("cluster", {}))
+    )
 
 
 def shard_by_batch(dataset, batch_size: int):
