@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 WBC_REAL_SAMPLE ?= $(wildcard $(CURDIR)/../shared/real-sample)
 export WBC_REAL_SAMPLE
 
-.PHONY: setup lib lint run test test-unit test-notebooks test-notebooks-real mutate bench book test-book browser lock clean help
+.PHONY: setup lib lint run test test-unit test-notebooks test-notebooks-real mutate bench book test-book browser student grade lock clean help
 
 help:
 	@echo "make run    - set up and execute all notebooks (PROFILE=$(PROFILE); outputs/ holds the results)"
@@ -23,6 +23,8 @@ help:
 	@echo "make lint   - ruff (lint + format check) and mypy"
 	@echo "make mutate - mutation testing of the result-critical modules (slow; prints the score per module)"
 	@echo "make book   - the course website from the executed notebooks (outputs/book/html; docs/WEBSITE.md)"
+	@echo "make student - the student edition (answers removed) -> student/ (docs/INSTRUCTORS.md)"
+	@echo "make grade SUBMISSIONS=DIR - grade DIR/<student>/NN_*.ipynb -> outputs/grading/grades.csv"
 	@echo "make bench  - the benchmarks on the real sample (about 15 minutes; prints every ratio, bench/README.md)"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -108,6 +110,15 @@ browser:
 # Every page of the built site in headless Chromium: no console error, every image loaded, every internal link resolves.
 test-book: setup browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_book.py
+
+# The student edition and grading with nbgrader (docs/INSTRUCTORS.md, "Exercises, the student edition and grading").
+student: setup
+	$(BIN)/python grading/editions.py student --out student
+
+GRADE_PROFILE ?= ci
+grade: setup
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=DIR (DIR/<student>/NN_*.ipynb)"; exit 1; }
+	WBC_PROFILE=$(GRADE_PROFILE) $(BIN)/python grading/editions.py grade $(SUBMISSIONS) --out outputs/grading/grades.csv
 
 lock: setup
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^wbc' > requirements.txt.new && mv requirements.txt.new requirements.txt
