@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 WBC_REAL_SAMPLE ?= $(wildcard $(CURDIR)/../shared/real-sample)
 export WBC_REAL_SAMPLE
 
-.PHONY: setup lib lint run test test-unit test-notebooks test-notebooks-real mutate bench book test-book browser student grade lock clean help
+.PHONY: setup lib lint run test test-unit test-notebooks test-notebooks-real mutate bench book test-book browser student grade test-grading lock clean help
 
 help:
 	@echo "make run    - set up and execute all notebooks (PROFILE=$(PROFILE); outputs/ holds the results)"
@@ -44,7 +44,7 @@ lib: setup
 run: setup
 	WBC_PROFILE=$(PROFILE) $(BIN)/python -m wbc.run_notebooks --out outputs/notebooks-$(PROFILE)
 
-test: setup lint test-unit test-notebooks test-notebooks-real
+test: setup lint test-unit test-notebooks test-notebooks-real test-grading
 
 # ruff (lint + format, Python files and notebooks) and mypy on lib/ (settings in pyproject.toml).
 lint: setup
@@ -119,6 +119,17 @@ GRADE_PROFILE ?= ci
 grade: setup
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=DIR (DIR/<student>/NN_*.ipynb)"; exit 1; }
 	WBC_PROFILE=$(GRADE_PROFILE) $(BIN)/python grading/editions.py grade $(SUBMISSIONS) --out outputs/grading/grades.csv
+
+# Proves the grading: the untouched student edition of every notebook scores 0 on every check, the
+# instructor edition of 01 and 07 scores full marks (nbval already runs every check with its solution).
+GRADING_TEST = outputs/grading/test
+test-grading: setup
+	rm -rf $(GRADING_TEST) && mkdir -p $(GRADING_TEST)/submissions/instructor
+	$(BIN)/python grading/editions.py --course $(GRADING_TEST)/course student --out $(GRADING_TEST)/submissions/untouched
+	cp notebooks/01_*.ipynb notebooks/07_*.ipynb $(GRADING_TEST)/submissions/instructor/
+	WBC_PROFILE=ci $(BIN)/python grading/editions.py --course $(GRADING_TEST)/course grade $(GRADING_TEST)/submissions \
+	  --out $(GRADING_TEST)/grades.csv
+	WBC_GRADES_CSV=$(GRADING_TEST)/grades.csv $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_grading.py::test_grades
 
 lock: setup
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^wbc' > requirements.txt.new && mv requirements.txt.new requirements.txt
