@@ -3,8 +3,8 @@
 Environment variables (all optional):
 
 - ``WBC_DATA_DIR``: folder holding the real downloads under their standard names
-  (``PBC_dataset_normal_DIB/``, ``AML-Cytomorphology_LMU/``, ``ALL_Kaggle/``). Unset: the
-  generated demo data is used (and the notebooks say so in a banner).
+  (``PBC_dataset_normal_DIB/``, ``AML-Cytomorphology_LMU/``, ``ALL_Kaggle/``, ``bloodmnist_<size>.npz``).
+  Unset: the generated demo data is used (and the notebooks say so in a banner).
 - ``WBC_PROFILE``: ``ci`` (tiny, minutes on CI), ``demo`` (a few minutes on a laptop CPU) or
   ``full`` (the studies' settings, real data and a GPU). Default ``demo``.
 - ``WBC_OUTPUT_DIR``: where generated data, stage outputs, runs and figures go.
@@ -31,6 +31,10 @@ SOURCE_DIRS = {"PBC": PBC_DIRNAME, "LMU": LMU_DIRNAME, "ALL": ALL_DIRNAME}
 SPLITS = ("train", "val", "test")
 #: The manifests a data folder gives: one per source (own labels), and the two studies' sets.
 DATASETS = ("pbc", "lmu", "all", "wbc10", "all4")
+#: The notebooks also take BloodMNIST: PBC's 17,092 cells as one MedMNIST file, ``bloodmnist.npz``
+#: (28 px) or ``bloodmnist_<size>.npz`` (64, 128, 224 px), with MedMNIST's official split kept.
+NOTEBOOK_DATASETS = (*DATASETS, "bloodmnist")
+BLOODMNIST_GLOB = "bloodmnist*.npz"
 #: Split fractions of the studies: Study A 80/12/8 (wbc10), Study B 70/15/15 (all4 and the rest).
 DEFAULT_FRACTIONS = {"wbc10": (0.8, 0.12, 0.08), "all4": (0.7, 0.15, 0.15)}
 
@@ -150,7 +154,7 @@ def resolve_data_dir(value: str | os.PathLike | None = None, *, must_exist: bool
         where = f"WBC_DATA_DIR={given!r}" if value is None else f"data folder {given}"
         raise WbcError(
             f"{where} does not exist or is not a folder. Point it at the folder that holds "
-            f"{PBC_DIRNAME}/, {LMU_DIRNAME}/ and/or {ALL_DIRNAME}/"
+            f"{PBC_DIRNAME}/, {LMU_DIRNAME}/, {ALL_DIRNAME}/ and/or a bloodmnist_<size>.npz"
             + (", or unset it to use demo data." if value is None else ".")
         )
     return path

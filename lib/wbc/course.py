@@ -28,7 +28,13 @@ from pathlib import Path
 import pandas as pd
 
 from wbc import config
-from wbc.config import DATASETS, DEFAULT_FRACTIONS, SOURCE_DIRS, SPLITS  # noqa: F401 (notebook 06 reads DEFAULT_FRACTIONS)
+from wbc.config import (  # noqa: F401 (notebook 06 reads DEFAULT_FRACTIONS)
+    BLOODMNIST_GLOB,
+    DEFAULT_FRACTIONS,
+    NOTEBOOK_DATASETS,
+    SOURCE_DIRS,
+    SPLITS,
+)
 from wbc.download import REGISTRY
 from wbc.errors import WbcError
 from wbc.fileio import file_digest, read_json, recipe_matches, write_csv_atomic, write_recipe, write_text_atomic
@@ -37,10 +43,20 @@ log = logging.getLogger(__name__)
 DEFAULT_SEED = 42
 DEMO_MARKER = ".wbc-demo-complete"  # written last by the demo generation: its absence means "redo"
 STAMP_NAME = "data-stamp.json"  # in work_dir: which demo data the stage outputs were built from
-NEEDS = {"pbc": ("PBC",), "lmu": ("LMU",), "all": ("ALL",), "wbc10": ("PBC", "LMU"), "all4": ("ALL",)}
+NEEDS = {
+    "pbc": ("PBC",),
+    "lmu": ("LMU",),
+    "all": ("ALL",),
+    "wbc10": ("PBC", "LMU"),
+    "all4": ("ALL",),
+    "bloodmnist": ("BloodMNIST",),
+}
 WHERE_TO_GET = {
     src: f"{REGISTRY[src.lower()].target}/ (doi {REGISTRY[src.lower()].doi}): `python -m wbc download {src.lower()}`"
     for src in SOURCE_DIRS
+} | {
+    "BloodMNIST": f"bloodmnist_<size>.npz (doi {REGISTRY['bloodmnist'].doi}): "
+    "`python -m wbc download bloodmnist --size 128 --data-dir DIR` (64, 128 or 224 px)"
 }
 _CURRENT: Context | None = None
 
@@ -55,7 +71,7 @@ class Context:
     work_dir: Path
     figures_dir: Path
     seed: int
-    datasets: tuple[str, ...]  # sources present in data_dir, e.g. ("PBC", "LMU", "ALL")
+    datasets: tuple[str, ...]  # sources present in data_dir, e.g. ("PBC", "LMU", "ALL", "BloodMNIST")
     dataset: str = "wbc10"
     notebook: str = "notebook"  # folder name of this notebook's figures
 
@@ -155,8 +171,10 @@ def demo_banner() -> str:
 
 
 def available_datasets(data_dir: Path) -> tuple[str, ...]:
-    """Which of PBC / LMU / ALL have their folder in ``data_dir``."""
-    return tuple(src for src, dirname in SOURCE_DIRS.items() if (Path(data_dir) / dirname).is_dir())
+    """Which of PBC / LMU / ALL have their folder in ``data_dir``, and BloodMNIST when a
+    ``bloodmnist[_SIZE].npz`` is there."""
+    found = tuple(src for src, dirname in SOURCE_DIRS.items() if (Path(data_dir) / dirname).is_dir())
+    return found + (("BloodMNIST",) if any(Path(data_dir).glob(BLOODMNIST_GLOB)) else ())
 
 
 def folder_summary(data_dir: Path) -> pd.DataFrame:
@@ -279,8 +297,8 @@ def _check_stamp(ctx: Context) -> None:
 
 
 def _check_name(name: str) -> str:
-    if name not in DATASETS:
-        raise WbcError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if name not in NOTEBOOK_DATASETS:
+        raise WbcError(f"unknown dataset {name!r}: choose one of {', '.join(NOTEBOOK_DATASETS)}")
     return name
 
 
@@ -292,7 +310,7 @@ def _require_sources(ctx: Context, name: str) -> None:
     if missing:
         raise WbcError(
             f"dataset {name!r} needs {', '.join(missing)}, but {ctx.data_dir} has no "
-            + " or ".join(f"{SOURCE_DIRS[m]}/" for m in missing)
+            + " or ".join(f"{SOURCE_DIRS[m]}/" if m in SOURCE_DIRS else "bloodmnist[_SIZE].npz" for m in missing)
             + " folder. Get it with: "
             + "; ".join(WHERE_TO_GET[m] for m in missing)
             + ", then set WBC_DATA_DIR to the folder holding it."
@@ -343,6 +361,10 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
                 f"{name}: {len(skipped)} file(s) reported (see {name}-skipped.csv):\n"
                 + "\n".join(f"  {row.path}: {row.reason}" for row in skipped.head(5).itertuples())
             )
+    elif name == "bloodmnist":
+        manifest, recipe = _bloodmnist_manifest(ctx, out, rebuild)
+        if manifest is None:
+            return out
     elif name == "wbc10":
         inputs = {src: ensure_manifest(ctx, src.lower(), rebuild) for src in ("PBC", "LMU") if src in ctx.datasets}
         recipe = {"cap": ctx.profile.cap, "seed": ctx.seed, **{k: _digest(p) for k, p in inputs.items()}}
@@ -378,6 +400,30 @@ def ensure_manifest(ctx: Context, name: str, rebuild: bool = False) -> Path:
     return out
 
 
+def _bloodmnist_manifest(ctx: Context, out: Path, rebuild: bool) -> tuple[pd.DataFrame | None, dict]:
+    """The BloodMNIST manifest: the .npz's arrays written as PNGs under ``work_dir/bloodmnist/<file>/``
+    (the raw .npz is only read), with MedMNIST's official ``split`` column. ``None`` when reused."""
+    from wbc.readers import locate_bloodmnist, read_bloodmnist, write_bloodmnist_folders
+
+    npz = locate_bloodmnist(ctx.data_dir, ctx.profile.image_size)
+    stat = npz.stat()
+    recipe: dict[str, object] = {"npz": str(npz), "bytes": stat.st_size, "mtime": int(stat.st_mtime)}
+    if _reuse(out, recipe, "manifest bloodmnist", rebuild):
+        return None, recipe
+    log.info(f"bloodmnist: reading {npz} ({stat.st_size / 1e6:.0f} MB) with numpy ...")
+    data = read_bloodmnist(npz)
+    png_dir = ctx.work_dir / "bloodmnist" / npz.stem
+    shutil.rmtree(png_dir, ignore_errors=True)  # the file changed, or a rebuild: no PNG of an older one stays
+    manifest = write_bloodmnist_folders(data, png_dir, progress=True)
+    size = data.images["train"].shape[1]
+    counts = ", ".join(f"{split} {len(data.labels[split])}" for split in SPLITS)
+    log.info(
+        f"bloodmnist: {len(manifest)} images of {size}x{size} px ({counts}: MedMNIST's official split, kept), "
+        f"8 classes (PBC's own folders; ig and neutrophil are not divided into sub-types)"
+    )
+    return manifest, recipe
+
+
 def ensure_preprocessed(ctx: Context, name: str, rebuild: bool = False) -> Path:
     """``work_dir/processed/<name>/manifest.csv``: the images normalised by OpenCV, built when missing.
 
@@ -388,14 +434,21 @@ def ensure_preprocessed(ctx: Context, name: str, rebuild: bool = False) -> Path:
     out_dir = ctx.work_dir / "processed" / name
     out = out_dir / "manifest.csv"
     size = ctx.profile.preprocess_size
-    recipe = {"manifest": _digest(source), "size": size}
+    extra: dict[str, object] = {}
+    if name == "bloodmnist":  # never upscale the small MedMNIST images; keep every image of the official split
+        from wbc.readers import bloodmnist_size, locate_bloodmnist
+
+        size = min(size, bloodmnist_size(locate_bloodmnist(ctx.data_dir, ctx.profile.image_size)))
+        extra = {"remove_black_band": False}
+    recipe = {"manifest": _digest(source), "size": size, **extra}
     if _reuse(out, recipe, f"processed {name}", rebuild):
         return out
     from wbc.preprocess import preprocess_manifest
 
     manifest = _read(source)
     log.info(f"processed {name}: normalising {len(manifest)} images to {size}x{size} into {out_dir} ...")
-    processed, quarantine = preprocess_manifest(manifest, out_dir, size=size)  # writes manifest.csv last
+    black_band = not extra  # BloodMNIST: no black-band removal, every image of the official split kept
+    processed, quarantine = preprocess_manifest(manifest, out_dir, size=size, remove_black_band=black_band)
     write_recipe(out, recipe)
     log.info(f"processed {name}: {len(processed)} images ready, {len(quarantine)} quarantined (quarantine.csv)")
     return out
@@ -406,7 +459,11 @@ def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False
 
     Default fractions follow the studies (``config.DEFAULT_FRACTIONS``): 80/12/8 for wbc10
     (Study A), 70/15/15 otherwise (Study B). Duplicate groups stay in one split (``wbc.split``).
+    BloodMNIST keeps MedMNIST's official split (``fractions`` must then be None), so its results
+    compare with MedMNIST's table; the audit still reports any duplicate that crosses it.
     """
+    if name == "bloodmnist":
+        return _official_splits(ctx, fractions, rebuild)
     fractions = [float(f) for f in (fractions or DEFAULT_FRACTIONS.get(name, DEFAULT_FRACTIONS["all4"]))]
     source = ensure_preprocessed(ctx, name, rebuild)
     out_dir = ctx.work_dir / "splits" / name
@@ -421,6 +478,38 @@ def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False
     write_recipe(classes_file, recipe)
     sizes = ", ".join(f"{part} {len(splits[part])}" for part in SPLITS)
     log.info(f"splits {name}: built {out_dir} ({sizes}; fractions {fractions}, seed {ctx.seed})")
+    return out_dir
+
+
+def _official_splits(ctx: Context, fractions, rebuild: bool) -> Path:
+    """BloodMNIST's split folder from the manifest's ``split`` column (MedMNIST's own split)."""
+    if fractions is not None:
+        raise WbcError(
+            "bloodmnist keeps MedMNIST's official train/val/test split (11,959 / 1,712 / 3,421 images), so its "
+            "results compare with MedMNIST's table: leave FRACTIONS at None"
+        )
+    source = ensure_preprocessed(ctx, "bloodmnist", rebuild)
+    out_dir = ctx.work_dir / "splits" / "bloodmnist"
+    classes_file = out_dir / "classes.txt"
+    recipe = {"manifest": _digest(source), "split": "official"}
+    if _reuse(classes_file, recipe, "splits bloodmnist", rebuild, shown=out_dir):
+        return out_dir
+    from wbc.split import content_hashes, duplicate_groups, write_split_folder
+
+    df = content_hashes(_read(source).reset_index(drop=True))
+    df["group"] = duplicate_groups(df)
+    splits = {
+        part: df[df["split"] == part].sort_values(["label", "path"], kind="stable").reset_index(drop=True)
+        for part in SPLITS
+    }
+    audit = write_split_folder(splits, out_dir)
+    write_recipe(classes_file, recipe)
+    leaks = int((audit["kind"] == "across_splits").sum()) if "kind" in audit else 0
+    sizes = ", ".join(f"{part} {len(splits[part])}" for part in SPLITS)
+    log.info(
+        f"splits bloodmnist: built {out_dir} ({sizes}: MedMNIST's official split; "
+        f"{leaks} duplicate group(s) across splits reported in audit.csv, kept as published)"
+    )
     return out_dir
 
 
@@ -526,8 +615,10 @@ def ensure_run(ctx: Context, name: str, cfg, split_dir: Path, namespace: dict | 
 
 
 def ensure_main_run(ctx: Context, **overrides) -> Path:
-    """Notebook 10's run (Study A's ResNet50 on wbc10), trained here when missing or stale."""
-    return ensure_run(ctx, "wbc10_resnet50", main_run_config(ctx, **overrides), ensure_splits(ctx, "wbc10"))
+    """Notebook 10's run (Study A's ResNet50 on ``ctx.dataset``: wbc10 unless the notebook chose
+    another, e.g. bloodmnist), trained here when missing or stale."""
+    split_dir = ensure_splits(ctx, ctx.dataset)
+    return ensure_run(ctx, f"{ctx.dataset}_resnet50", main_run_config(ctx, **overrides), split_dir)
 
 
 def ensure_baselines(ctx: Context, models=("cnn1", "cnn2"), dataset: str = "all4", **overrides) -> dict[str, Path]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wbc.config import ALL_DIRNAME, LMU_DIRNAME, PBC_DIRNAME, SOURCE_DIRS
+from wbc.config import ALL_DIRNAME, BLOODMNIST_GLOB, LMU_DIRNAME, PBC_DIRNAME, SOURCE_DIRS
 from wbc.errors import LayoutError, WbcError
 from wbc.fileio import display_path, file_digest, is_utf8_name
 from wbc.images import sniff_format
@@ -402,16 +403,41 @@ class BloodMnist:
     source_path: str = ""
 
 
+def bloodmnist_size(npz_path: str | os.PathLike) -> int:
+    """The image size a BloodMNIST file name promises: ``bloodmnist.npz`` 28, ``bloodmnist_128.npz`` 128."""
+    match = re.fullmatch(r"bloodmnist(?:_(\d+))?\.npz", Path(npz_path).name)
+    if not match:
+        raise WbcError(f"{npz_path}: not a BloodMNIST file name (bloodmnist.npz or bloodmnist_<size>.npz)")
+    return int(match.group(1) or 28)
+
+
+def locate_bloodmnist(data_dir: str | os.PathLike, image_size: int | None = None) -> Path:
+    """The ``bloodmnist[_SIZE].npz`` in ``data_dir``; with several, the smallest at least ``image_size``
+    px (no upscaling), else the largest."""
+    data_dir = Path(data_dir).expanduser()
+    found = sorted(
+        (p for p in data_dir.glob(BLOODMNIST_GLOB) if re.fullmatch(r"bloodmnist(_\d+)?\.npz", p.name)),
+        key=bloodmnist_size,
+    )
+    if not found:
+        raise LayoutError(
+            f"no bloodmnist.npz or bloodmnist_<size>.npz in {data_dir}; fetch one with "
+            f"python -m wbc download bloodmnist --size 128 --data-dir {data_dir}"
+        )
+    big_enough = [p for p in found if image_size is None or bloodmnist_size(p) >= image_size]
+    return (big_enough[0] if big_enough else found[-1]).resolve()
+
+
 def read_bloodmnist(npz_path: str | os.PathLike) -> BloodMnist:
-    """Load ``bloodmnist[_64|_128|_224].npz`` with numpy and check shapes and label range."""
+    """Load ``bloodmnist[_64|_128|_224].npz`` with numpy and check keys, shapes and label range."""
     path = Path(npz_path)
     if not path.is_file():
         raise WbcError(f"BloodMNIST file {path} does not exist (python -m wbc download bloodmnist fetches it)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise WbcError(f"{path} is not a readable .npz file: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise WbcError(f"{path} is not a readable .npz file (truncated or corrupt?): {exc}") from exc
     images, labels = {}, {}
     for split in BLOODMNIST_SPLITS:
         for key in (f"{split}_images", f"{split}_labels"):
@@ -424,6 +450,8 @@ def read_bloodmnist(npz_path: str | os.PathLike) -> BloodMnist:
             raise WbcError(
                 f"{path}: {split} arrays have shapes {x.shape} / {y.shape}; expected (N, H, W, 3) images and N labels"
             )
+        if not np.issubdtype(y.dtype, np.integer) or x.dtype != np.uint8:
+            raise WbcError(f"{path}: {split} arrays are {x.dtype} / {y.dtype}; expected uint8 images, integer labels")
         if len(y) and (y.min() < 0 or y.max() >= len(BLOODMNIST_CLASSES)):
             raise WbcError(f"{path}: {split}_labels outside 0..{len(BLOODMNIST_CLASSES) - 1}")
         images[split], labels[split] = x.astype(np.uint8, copy=False), y.astype(np.int64)
@@ -442,20 +470,25 @@ _BLOODMNIST_PREFIX = {
 }
 
 
-def write_bloodmnist_folders(data: BloodMnist, out_root: str | os.PathLike) -> pd.DataFrame:
+def write_bloodmnist_folders(data: BloodMnist, out_root: str | os.PathLike, progress: bool = False) -> pd.DataFrame:
     """Write the arrays as PNGs in the PBC layout: ``out_root/<class>/<PREFIX>_<split>_<index>.png``.
 
     Returns a manifest (``source`` = BloodMNIST, plus MedMNIST's fixed ``split``). Existing files
-    are kept (re-runs are cheap); each new file is written atomically.
+    are kept (re-runs are cheap: give each .npz its own ``out_root``); each new file is written
+    atomically.
     """
     import cv2
+    from tqdm.auto import tqdm
 
     from wbc.fileio import write_bytes_atomic
 
     out_root = Path(out_root).expanduser().resolve()
     rows = []
+    total = sum(len(data.labels[split]) for split in BLOODMNIST_SPLITS)
+    bar = tqdm(total=total, desc="BloodMNIST to PNG", unit="img", disable=not progress)
     for split in BLOODMNIST_SPLITS:
         for index, (image, label) in enumerate(zip(data.images[split], data.labels[split])):
+            bar.update()
             name = data.classes[int(label)]
             prefix = _BLOODMNIST_PREFIX[name]
             target = out_root / name / f"{prefix}_{split}_{index:05d}.png"
@@ -474,4 +507,5 @@ def write_bloodmnist_folders(data: BloodMnist, out_root: str | os.PathLike) -> p
                     "split": split,
                 }
             )
+    bar.close()
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS + ["split"]).sort_values("path", ignore_index=True)
