@@ -38,6 +38,8 @@ TRAIN_HELP = {
     "lr_schedule": "learning-rate schedule",
     "warmup_epochs": "linear warm-up before cosine decay",
     "augment": "switch off augmentation (rotation, flips, zoom, brightness)",
+    "stain_augment": "stain augmentation: jitter the haematoxylin and eosin amounts of each training image "
+    "(HED jitter, the StainJitter layer of notebook 13)",
     "class_weights": "balanced class weights",
     "reduce_lr": "ReduceLROnPlateau on val_loss",
     "cache": "cache decoded images in memory",
@@ -179,6 +181,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         remove_black_band=not args.keep_black_band,
         colour=args.colour,
+        crop_cell=args.crop_cell,
         progress=not args.no_progress,
         overwrite=args.overwrite,
         max_pixels=args.max_pixels,
@@ -434,13 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep images with a black band on an edge (default: quarantine them, as Study A)",
     )
     p.add_argument(
-        "--colour", choices=["clahe", "grey_world"], default=None, help="optional colour normalisation (default: none)"
+        "--colour",
+        choices=["clahe", "grey_world", "reinhard", "macenko"],
+        default=None,
+        help="optional colour normalisation (default: none); reinhard and macenko normalise the stain "
+        "(an image Macenko cannot read is quarantined)",
+    )
+    p.add_argument(
+        "--crop-cell",
+        action="store_true",
+        help="crop a square centred on the white cell's nucleus, the nucleus spanning half its side, before "
+        "resizing; an image where no cell is found is quarantined; the box goes into crop_x, crop_y, crop_size",
     )
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace what earlier runs wrote in DIR (needed when "
-        "DIR holds images made with other settings: size, mode, quality, colour, black-band handling)",
+        "DIR holds images made with other settings: size, mode, quality, colour, crop, black-band handling)",
     )
     p.add_argument(
         "--max-pixels",
@@ -551,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Classify images (JPEG, PNG, TIFF, BMP, ...) or every image inside folders; print the top-k classes "
         "with probabilities and write them as CSV. An unreadable image is an error naming the file, unless "
         "--skip-unreadable lists it in the CSV instead. Raw images get what the run's training images got "
-        "from `python -m wbc preprocess` (colour normalisation, resize mode; recorded in the run's "
+        "from `python -m wbc preprocess` (crop around the cell, colour normalisation, resize mode; recorded in the run's "
         "config.json), then the model's own resize and preprocessing.",
     )
     p.add_argument("run_dir", type=Path, help="run folder written by `python -m wbc train`")

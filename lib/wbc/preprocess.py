@@ -1,4 +1,6 @@
-"""The bulk OpenCV stage: read every image of a manifest, drop black-band images, resize, write RGB JPEGs.
+"""The bulk OpenCV stage: read every image of a manifest, drop black-band images, optionally crop
+around the white cell (``wbc.cellcrop``) and normalise colour or stain (``wbc.stain``), resize,
+write RGB JPEGs.
 
 Writes ``out_dir/images/<label>/<unique name>.jpg``, the processed manifest ``out_dir/manifest.csv``
 and ``out_dir/quarantine.csv`` (every input not written, and why); raw files are only read.
@@ -31,6 +33,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from wbc import stain
+from wbc.cellcrop import crop_box, find_cell
 from wbc.errors import WbcError
 from wbc.fileio import read_table, write_csv_atomic, write_text_atomic
 from wbc.images import (  # noqa: F401
@@ -46,9 +50,12 @@ from wbc.images import (  # noqa: F401
 from wbc.locking import FolderLock, pid_alive
 
 RESIZE_MODES = ("stretch", "pad", "crop")
-COLOUR_METHODS = (None, "clahe", "grey_world")
-#: Columns the processed manifest adds to the input manifest.
+COLOUR_METHODS = (None, "clahe", "grey_world", "reinhard", "macenko")
+#: Columns the processed manifest adds to the input manifest (and, with ``crop_cell``, ``CROP_COLUMNS``).
 ADDED_COLUMNS = ("raw_path", "sha256", "phash", "width", "height")
+#: The crop box in raw-image pixels: top-left corner and side (it may reach past the edges).
+CROP_COLUMNS = ("crop_x", "crop_y", "crop_size")
+NO_CELL = "no white cell found (no violet nucleus stands out from the background)"
 QUARANTINE_COLUMNS = ("path", "source", "label", "reason")
 BLACK_BAND_PREFIX = "black band"
 
@@ -179,9 +186,13 @@ def describe_black_band(band: dict) -> str:
 def normalise_colour(img: np.ndarray, method: str | None = None) -> np.ndarray:
     """Optional colour normalisation of an RGB uint8 image: ``None`` (unchanged), ``"clahe"``
     (adaptive histogram equalisation of CIELAB lightness, clip 2.0, 8x8 tiles: evens contrast,
-    keeps hues) or ``"grey_world"`` (each channel scaled to the mean of all: removes a colour cast)."""
+    keeps hues), ``"grey_world"`` (each channel scaled to the mean of all: removes a colour cast),
+    or the stain normalisations ``"reinhard"`` and ``"macenko"`` (``wbc.stain``; Macenko raises
+    ValueError for an image with too few stained pixels)."""
     if method is None:
         return img
+    if method in ("reinhard", "macenko"):
+        return getattr(stain, method)(img)
     if method == "clahe":
         lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
         clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
@@ -191,13 +202,13 @@ def normalise_colour(img: np.ndarray, method: str | None = None) -> np.ndarray:
         means = img.reshape(-1, 3).mean(axis=0)
         gains = means.mean() / np.maximum(means, 1e-6)
         return np.clip(img * gains + 0.5, 0, 255).astype(np.uint8)
-    raise WbcError(f"unknown colour normalisation {method!r}: choose clahe or grey_world")
+    raise WbcError(f"unknown colour normalisation {method!r}: choose one of {', '.join(COLOUR_METHODS[1:])}")
 
 
 # ----------------------------------------------------------------------------- one file
 
 #: Settings that decide what an output image looks like (a folder holds one combination).
-IMAGE_SETTINGS = ("size", "mode", "quality", "remove_black_band", "colour")
+IMAGE_SETTINGS = ("size", "mode", "quality", "remove_black_band", "colour", "crop_cell")
 
 
 @dataclass(frozen=True)
@@ -209,9 +220,12 @@ class _Settings:
     colour: str | None
     max_pixels: int | None = MAX_PIXELS
     min_size: int | None = MIN_SIZE
+    crop_cell: bool = False
 
     def image_settings(self) -> dict:
-        return {k: getattr(self, k) for k in IMAGE_SETTINGS}
+        """The settings that decide the output; ``crop_cell`` only when on, so folders made
+        before the option existed keep their key."""
+        return {k: getattr(self, k) for k in IMAGE_SETTINGS if k != "crop_cell" or self.crop_cell}
 
     @functools.cached_property
     def key(self) -> str:
@@ -238,13 +252,33 @@ def preprocess_settings(image_path: str | os.PathLike) -> dict | None:
     return json.loads(candidate.read_text(encoding="utf-8"))
 
 
-def apply_preprocess_settings(img: np.ndarray, settings: dict | None) -> np.ndarray:
-    """Give a new RGB image what a preprocess run gave its training images: colour
-    normalisation, then the resize mode at the run's size (used by ``predict``)."""
+def apply_preprocess_settings(img: np.ndarray, settings: dict | None, name: str = "image") -> np.ndarray:
+    """Give a new RGB image what a preprocess run gave its training images: the crop around the
+    cell, colour normalisation, then the resize mode at the run's size (used by ``predict``).
+    WbcError, naming ``name``, when the run cropped and no cell is found or the stain cannot be
+    normalised."""
     if not settings:
         return img
-    img = normalise_colour(img, settings.get("colour"))
+    try:
+        img = _crop_and_colour(img, settings.get("crop_cell", False), settings.get("colour"))[0]
+    except ValueError as exc:
+        raise WbcError(f"{name}: {exc}") from None
     return resize_image(img, int(settings["size"]), settings.get("mode", "stretch"))
+
+
+def _crop_and_colour(img: np.ndarray, crop_cell: bool, colour: str | None) -> tuple[np.ndarray, tuple | None]:
+    """Crop an RGB image around its white cell (when ``crop_cell``), then normalise its colour;
+    returns the image and the crop box. ValueError when no cell is found or Macenko fails."""
+    box = None
+    if crop_cell:
+        box = find_cell(img)
+        if box is None:
+            raise ValueError(NO_CELL)
+        img = crop_box(img, box, _border_colour(img))
+    try:
+        return normalise_colour(img, colour), box
+    except ValueError as exc:
+        raise ValueError(f"{colour} colour normalisation failed: {exc}") from None
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -310,10 +344,13 @@ def _process_one(task: dict, settings: _Settings) -> dict:
             band = detect_black_band(bgr)
             if band is not None:
                 return {**_result(task), "status": "quarantined", "reason": describe_black_band(band)}
-        if settings.colour:
-            bgr = cv2.cvtColor(
-                normalise_colour(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), settings.colour), cv2.COLOR_RGB2BGR
-            )
+        box = None
+        if settings.colour or settings.crop_cell:
+            try:
+                rgb, box = _crop_and_colour(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), settings.crop_cell, settings.colour)
+            except ValueError as exc:
+                return {**_result(task), "status": "quarantined", "reason": str(exc)}
+            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         out = resize_image(bgr, settings.size, settings.mode)
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, settings.quality])
         if not ok:
@@ -337,6 +374,7 @@ def _process_one(task: dict, settings: _Settings) -> dict:
         "phash": phash_gray(cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)),
         "width": int(width),
         "height": int(height),
+        **({"crop": [int(v) for v in box]} if box is not None else {}),
     }
 
 
@@ -547,7 +585,7 @@ def _check_args(
     if not 1 <= quality <= 100:
         raise WbcError(f"JPEG quality must be between 1 and 100, got {quality}")
     if colour not in COLOUR_METHODS:
-        raise WbcError(f"unknown colour normalisation {colour!r}: choose clahe or grey_world")
+        raise WbcError(f"unknown colour normalisation {colour!r}: choose one of {', '.join(COLOUR_METHODS[1:])}")
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
         raise WbcError(f"--jobs must be at least 1, got {jobs}")
@@ -599,7 +637,7 @@ _PART_NAME = re.compile(r"^\..+\.(\d+)\.part\.jpg$")
 
 def _settings_conflict(out_dir: Path, settings: _Settings, journal: _Journal) -> str | None:
     """Why ``out_dir`` cannot be resumed with ``settings`` (its images were made otherwise), else None."""
-    wanted = settings.image_settings()
+    wanted = {k: getattr(settings, k) for k in IMAGE_SETTINGS}
     recorded_path = out_dir / SETTINGS_FILE
     if recorded_path.is_file():
         try:
@@ -608,6 +646,7 @@ def _settings_conflict(out_dir: Path, settings: _Settings, journal: _Journal) ->
             recorded = None
         if not isinstance(recorded, dict):
             return f"{recorded_path} is unreadable, so the settings of its images are unknown"
+        recorded.setdefault("crop_cell", False)  # recorded before the option existed: no crop
         changed = [
             f"{k} {recorded[k]!r} -> {wanted[k]!r}"
             for k in IMAGE_SETTINGS
@@ -657,6 +696,7 @@ def preprocess_manifest(
     overwrite: bool = False,
     max_pixels: int | None = MAX_PIXELS,
     min_size: int | None = MIN_SIZE,
+    crop_cell: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every image of ``manifest``, resize it and write an RGB JPEG under ``out_dir``.
 
@@ -665,7 +705,10 @@ def preprocess_manifest(
     ``sha256`` (raw bytes), ``phash`` (processed image), ``width`` and ``height`` (raw size).
     ``quarantine`` (``path, source, label, reason``) lists unreadable inputs, images above
     ``max_pixels`` (refused from the header) or below ``min_size`` px a side, and black-band
-    images unless ``remove_black_band=False``. ``jobs`` worker processes (default: every core).
+    images unless ``remove_black_band=False``. ``crop_cell`` crops a square around the white cell
+    first (``wbc.cellcrop``; the box goes into ``crop_x, crop_y, crop_size``, an image without a
+    cell is quarantined); ``colour`` then normalises colour or stain (``normalise_colour``).
+    ``jobs`` worker processes (default: every core).
     ``processed.attrs["counts"]``: processed / skipped / quarantined / black_band.
     """
     jobs = _check_args(size, mode, quality, jobs, colour, max_pixels, min_size)
@@ -685,6 +728,7 @@ def preprocess_manifest(
         colour,
         None if max_pixels is None else int(max_pixels),
         None if min_size is None else int(min_size),
+        bool(crop_cell),
     )
     with FolderLock(out_dir, "preprocess"):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -751,6 +795,9 @@ def _preprocess_locked(
     processed["path"] = [str(out_dir / results[i]["out"]) for i in ok]
     for column in ("sha256", "phash", "width", "height"):
         processed[column] = [results[i][column] for i in ok]
+    if settings.crop_cell:
+        for j, column in enumerate(CROP_COLUMNS):
+            processed[column] = [results[i]["crop"][j] for i in ok]
     processed = processed.reset_index(drop=True)
 
     quarantined.sort(key=lambda q: q["index"])

@@ -52,6 +52,7 @@ class TrainConfig:
     lr_schedule: str | None = None  # None or "cosine"
     warmup_epochs: int = 0
     augment: bool = True  # Study B's augmentation (notebook 07)
+    stain_augment: bool = False  # HED stain jitter of the training images (StainJitter, notebook 13)
     class_weights: bool = False
     reduce_lr: bool = False
     cache: bool = False
@@ -85,8 +86,12 @@ class TrainConfig:
             raise WbcError(f"{n_classes} class(es): a classifier needs at least two")
 
     def as_dict(self) -> dict:
-        """The settings as a JSON-ready dict."""
-        return {**asdict(self), "model_options": dict(self.model_options)}
+        """The settings as a JSON-ready dict; ``stain_augment`` only when on, so the keys of runs
+        made before the option existed (``course.ensure_run``) stay the same."""
+        settings = {**asdict(self), "model_options": dict(self.model_options)}
+        if not self.stain_augment:
+            del settings["stain_augment"]
+        return settings
 
 
 def set_seeds(seed: int, deterministic: bool = False) -> None:
@@ -228,6 +233,9 @@ def _train(
             cache=cfg.cache,
         )
         train_ds = dataset(train_df, augment=cfg.augment, shuffle=True)
+        if cfg.stain_augment:  # a Keras preprocessing layer on the training batches only
+            jitter = lessons.StainJitter(seed=cfg.seed)
+            train_ds = train_ds.map(lambda x, y: (jitter(x, training=True), y))  # sequential: seeded
         val_ds = dataset(val_df)
         if multiworker.task() is not None:
             train_ds, val_ds = (multiworker.shard_by_batch(ds, cfg.batch_size) for ds in (train_ds, val_ds))
@@ -314,6 +322,7 @@ def run_config(
         "image_size": cfg.image_size,
         "weights": None if weights is None else str(weights),
         "settings": cfg.as_dict(),
+        "stain_augment": cfg.stain_augment,
         # how the training images were made (resize mode, colour): predict repeats it
         "preprocess": preprocess_settings(str(train_df["path"].iloc[0])),
         "split_dir": str(Path(split_dir).resolve()),
