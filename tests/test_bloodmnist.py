@@ -115,15 +115,20 @@ def test_dataset_choice_keeps_the_official_split(bm_dir, tmp_path, monkeypatch):
         expected = pd.Series([BLOODMNIST_CLASSES[i] for i in data.labels[split]]).value_counts().sort_index()
         assert part["label"].value_counts().sort_index().to_dict() == expected.to_dict()
         assert {"group", "sha256", "phash"} <= set(part.columns)
+    official_val = (split_dir / "val.csv").read_text()
     processed = pd.read_csv(ctx.work_dir / "processed" / "bloodmnist" / "manifest.csv", keep_default_na=False)
     assert len(processed) == sum(len(y) for y in data.labels.values())  # nothing quarantined
     import cv2
 
     first = cv2.imread(str(processed["path"].iloc[0]))
     assert first.shape == (64, 64, 3)  # ci preprocess_size is 96: never upscaled past the file's 64 px
-    with pytest.raises(WbcError, match="official"):
-        course.ensure_splits(ctx, "bloodmnist", fractions=(0.7, 0.15, 0.15))
-    assert course.ensure_splits(ctx, "bloodmnist") == split_dir  # reused
+    assert ctx.profile.preprocess_size == 64  # the ci profile's 96, lowered to the file's own size
+    resplit = course.ensure_splits(ctx, "bloodmnist", fractions=(0.5, 0.25, 0.25))  # asked for: split again, apart
+    assert resplit.name == "bloodmnist_50_25_25" and resplit.parent == split_dir.parent
+    sizes = {part: len(pd.read_csv(resplit / f"{part}.csv")) for part in ("train", "val", "test")}
+    assert sum(sizes.values()) == 88 and sizes["val"] > len(data.labels["val"])  # 16 official val images
+    assert course.ensure_splits(ctx, "bloodmnist") == split_dir  # the official split, reused, untouched
+    assert (split_dir / "val.csv").read_text() == official_val
 
 
 def test_a_changed_file_is_read_again(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import logging
 import platform
 import re
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -142,6 +142,8 @@ def setup_notebook(
         notebook=_slug(title),
     )
     _check_name(ctx.dataset)
+    if ctx.dataset == "bloodmnist" and "BloodMNIST" in present:
+        _fit_profile_to_bloodmnist(ctx, say)
     if is_demo:
         _check_stamp(ctx)
     _configure_matplotlib()
@@ -158,6 +160,22 @@ def setup_notebook(
         say(demo_banner())
     _CURRENT = ctx
     return ctx
+
+
+def _fit_profile_to_bloodmnist(ctx: Context, say) -> None:
+    """BloodMNIST's images are small (28 to 224 px): the OpenCV stage keeps them at their own size
+    rather than blowing them up to ``preprocess_size``; training still resizes to ``image_size``."""
+    from wbc.readers import bloodmnist_size, locate_bloodmnist
+
+    npz = locate_bloodmnist(ctx.data_dir, ctx.profile.image_size)
+    size = bloodmnist_size(npz)
+    if size < ctx.profile.preprocess_size:
+        ctx.profile = replace(ctx.profile, preprocess_size=size)
+    say(
+        f"BloodMNIST: {npz.name} ({size} px, MedMNIST's official train/val/test split); preprocess_size "
+        f"{ctx.profile.preprocess_size}, training at image_size {ctx.profile.image_size}"
+        + (" (upscaled: a larger .npz gives the model more detail)" if size < ctx.profile.image_size else "")
+    )
 
 
 def demo_banner() -> str:
@@ -434,20 +452,14 @@ def ensure_preprocessed(ctx: Context, name: str, rebuild: bool = False) -> Path:
     out_dir = ctx.work_dir / "processed" / name
     out = out_dir / "manifest.csv"
     size = ctx.profile.preprocess_size
-    extra: dict[str, object] = {}
-    if name == "bloodmnist":  # never upscale the small MedMNIST images; keep every image of the official split
-        from wbc.readers import bloodmnist_size, locate_bloodmnist
-
-        size = min(size, bloodmnist_size(locate_bloodmnist(ctx.data_dir, ctx.profile.image_size)))
-        extra = {"remove_black_band": False}
-    recipe = {"manifest": _digest(source), "size": size, **extra}
+    black_band = name != "bloodmnist"  # BloodMNIST: no black-band removal, every image of the official split kept
+    recipe = {"manifest": _digest(source), "size": size, **({} if black_band else {"remove_black_band": False})}
     if _reuse(out, recipe, f"processed {name}", rebuild):
         return out
     from wbc.preprocess import preprocess_manifest
 
     manifest = _read(source)
     log.info(f"processed {name}: normalising {len(manifest)} images to {size}x{size} into {out_dir} ...")
-    black_band = not extra  # BloodMNIST: no black-band removal, every image of the official split kept
     processed, quarantine = preprocess_manifest(manifest, out_dir, size=size, remove_black_band=black_band)
     write_recipe(out, recipe)
     log.info(f"processed {name}: {len(processed)} images ready, {len(quarantine)} quarantined (quarantine.csv)")
@@ -459,14 +471,22 @@ def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False
 
     Default fractions follow the studies (``config.DEFAULT_FRACTIONS``): 80/12/8 for wbc10
     (Study A), 70/15/15 otherwise (Study B). Duplicate groups stay in one split (``wbc.split``).
-    BloodMNIST keeps MedMNIST's official split (``fractions`` must then be None), so its results
-    compare with MedMNIST's table; the audit still reports any duplicate that crosses it.
+    BloodMNIST keeps MedMNIST's official split when ``fractions`` is None, so its results compare
+    with MedMNIST's table (the audit still reports any duplicate that crosses it); with fractions
+    it is split again, group-aware, into ``splits/bloodmnist_<train>_<val>_<test>/`` beside it.
     """
-    if name == "bloodmnist":
-        return _official_splits(ctx, fractions, rebuild)
+    if name == "bloodmnist" and fractions is None:
+        return _official_splits(ctx, rebuild)
     fractions = [float(f) for f in (fractions or DEFAULT_FRACTIONS.get(name, DEFAULT_FRACTIONS["all4"]))]
     source = ensure_preprocessed(ctx, name, rebuild)
     out_dir = ctx.work_dir / "splits" / name
+    if name == "bloodmnist":
+        out_dir = out_dir.with_name("bloodmnist_" + "_".join(f"{round(f * 100)}" for f in fractions))
+        log.info(
+            f"bloodmnist: fractions given, so the images are split again into {out_dir.name}/; MedMNIST's "
+            "official split (what ensure_splits(ctx, 'bloodmnist') gives, and notebooks 07-13 train on) is kept "
+            f"apart in {out_dir.with_name('bloodmnist')}/"
+        )
     classes_file = out_dir / "classes.txt"  # written last: its presence means "complete"
     recipe = {"manifest": _digest(source), "fractions": fractions, "seed": ctx.seed}
     if _reuse(classes_file, recipe, f"splits {name}", rebuild, shown=out_dir):
@@ -481,13 +501,8 @@ def ensure_splits(ctx: Context, name: str, fractions=None, rebuild: bool = False
     return out_dir
 
 
-def _official_splits(ctx: Context, fractions, rebuild: bool) -> Path:
+def _official_splits(ctx: Context, rebuild: bool) -> Path:
     """BloodMNIST's split folder from the manifest's ``split`` column (MedMNIST's own split)."""
-    if fractions is not None:
-        raise WbcError(
-            "bloodmnist keeps MedMNIST's official train/val/test split (11,959 / 1,712 / 3,421 images), so its "
-            "results compare with MedMNIST's table: leave FRACTIONS at None"
-        )
     source = ensure_preprocessed(ctx, "bloodmnist", rebuild)
     out_dir = ctx.work_dir / "splits" / "bloodmnist"
     classes_file = out_dir / "classes.txt"
