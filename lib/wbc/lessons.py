@@ -337,3 +337,33 @@ def gradcam_heatmap(model, image, class_index=None, layer_name=None):
     cam = tf.nn.relu(tf.reduce_sum(tf.cast(maps, tf.float32) * weights[:, None, None, :], axis=-1))[0]  # 8.
     cam = tf.image.resize(cam[..., None], image.shape[:2])[..., 0]  # 9. coarse grid -> image size
     return (cam / tf.maximum(tf.reduce_max(cam), 1e-12)).numpy()
+
+
+# ---- notebooks/13_explainability_and_external_validation.ipynb, cell 33 -------------
+
+RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))  # Ruifrok & Johnston (2001): rows H, E, D
+
+
+@keras.saving.register_keras_serializable(package="wbc")
+class StainJitter(keras.layers.Layer):
+    """HED stain augmentation (Tellez et al., 2019): scale and shift the amount of each stain of each image at random."""
+
+    def __init__(self, sigma=0.05, bias=0.05, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.sigma, self.bias, self.seed = sigma, bias, seed
+        self.generator = keras.random.SeedGenerator(seed)
+        self.stains = tf.constant(RGB_FROM_HED, tf.float32)  # 1. each stain's optical density in R, G, B
+
+    def call(self, images, training=False):
+        if not training:  # augmentation: training batches only
+            return images
+        od = -tf.math.log((tf.cast(images, tf.float32) + 1.0) / 256.0)  # 2. light -> optical density
+        hed = tf.matmul(od, tf.linalg.inv(self.stains))  # 3. optical density -> amount of each stain
+        shape = (tf.shape(images)[0], 1, 1, 3)  # 4. one factor and one shift per image and stain
+        alpha = keras.random.uniform(shape, 1 - self.sigma, 1 + self.sigma, seed=self.generator)
+        beta = keras.random.uniform(shape, -self.bias, self.bias, seed=self.generator)
+        od = tf.matmul(hed * alpha + beta, self.stains)  # 5. jittered amounts -> optical density
+        return tf.clip_by_value(256.0 * tf.exp(-od) - 1.0, 0.0, 255.0)  # 6. -> light: raw pixels in [0, 255]
+
+    def get_config(self):
+        return {**super().get_config(), "sigma": self.sigma, "bias": self.bias, "seed": self.seed}

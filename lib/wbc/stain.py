@@ -27,8 +27,8 @@ import numpy as np
 REINHARD_TARGET = ((78.88, 11.34, 6.85), (16.42, 9.85, 15.01))
 #: Macenko stain vectors (optical density of one unit of each stain, columns: nucleus, the other stain)
 #: and the 99th percentile of each stain's amount, in a PBC image.
-MACENKO_STAINS = ((0.71, 0.42), (0.66, 0.90), (0.22, 0.08))
-MACENKO_MAX = (0.95, 2.22)
+MACENKO_STAINS = ((0.73, 0.44), (0.57, 0.89), (0.34, 0.09))
+MACENKO_MAX = (0.73, 2.38)
 #: ... and its background (I0, RGB), which the rebuilt images get.
 MACENKO_LIGHT = (256.0, 233.0, 206.0)
 #: Pixels whose brightest channel is below this are treated as background (left out, left black).
@@ -71,10 +71,11 @@ def reinhard(rgb: np.ndarray, target=REINHARD_TARGET) -> np.ndarray:
 def macenko_stains(rgb: np.ndarray, beta: float = 0.15, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
     """The image's stain vectors (3 x 2, columns: the stain with more red absorbed, i.e. the
     nucleus stain, first) and per-pixel amounts (2 x N), Macenko et al. (2009); None when fewer
-    than 100 pixels are stained (OD above ``beta`` in every channel)."""
+    than 100 pixels are stained (an optical density of norm above ``beta``: red cells absorb
+    little red, so a threshold on every channel would leave them out)."""
     pixels = rgb.reshape(-1, 3)
     od = _od(pixels)
-    stained = od[(od > beta).all(axis=1) & (pixels.max(axis=1) >= DARK)]
+    stained = od[(np.linalg.norm(od, axis=1) > beta) & (pixels.max(axis=1) >= DARK)]
     if len(stained) < 100:
         return None
     _, vectors = np.linalg.eigh(np.cov(stained.T))
