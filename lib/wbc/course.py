@@ -96,6 +96,7 @@ def setup_notebook(
     data_dir=None,
     seed: int | None = None,
     dataset: str | None = None,
+    about: str | None = None,
     verbose: bool = True,
     **overrides,
 ) -> Context:
@@ -104,7 +105,10 @@ def setup_notebook(
     ``overrides`` change profile fields (``image_size=64``, ``epochs=2``); ``None`` values keep
     the profile default, so a notebook can pass its parameters cell through unchanged. The
     library's messages (``logging``, logger ``wbc``) are shown in the notebook from here on;
-    ``verbose=False`` leaves out this function's own description of the run.
+    ``verbose=False`` leaves out this function's own description of the run. ``about`` names the
+    dataset a notebook's lesson is built on (03, 04 and 13: wbc10, whose two sources they compare):
+    asked for bloodmnist, such a notebook says so and teaches on ``about``, from the data folder when
+    it holds those sources, else from the generated demo data.
     """
     global _CURRENT
     config.show_logs()
@@ -125,6 +129,8 @@ def setup_notebook(
     set_seeds(seed)
     say(f"Seed: {seed} (Python, NumPy and TensorFlow seeded once, here)")
     data = config.resolve_data_dir(data_dir)
+    if about and (dataset or "").lower() == "bloodmnist" and about != "bloodmnist":
+        data, dataset = _teach_on(about, data, say), about
     is_demo = data is None or data == config.demo_data_dir(prof.demo_per_class).resolve()
     if is_demo:
         data = ensure_demo_data(prof.demo_per_class, say=say)
@@ -160,6 +166,19 @@ def setup_notebook(
         say(demo_banner())
     _CURRENT = ctx
     return ctx
+
+
+def _teach_on(about: str, data: Path | None, say) -> Path | None:
+    """The data folder for a notebook whose lesson needs dataset ``about`` when bloodmnist was asked for."""
+    held = data is not None and any(src in available_datasets(data) for src in NEEDS[_check_name(about)])
+    say(
+        f"NOTE: DATASET='bloodmnist', but this notebook's lesson is built on {about!r} "
+        f"({' + '.join(NEEDS[about])}: it compares their sources), which BloodMNIST's one source cannot show. "
+        f"It runs on {about!r} from "
+        + (f"{data}." if held else "the generated demo data (see the banner below).")
+        + " Notebooks 05-12 work on BloodMNIST itself."
+    )
+    return data if held else None
 
 
 def _fit_profile_to_bloodmnist(ctx: Context, say) -> None:
