@@ -335,3 +335,28 @@ def test_read_model_input_gives_raw_images_the_training_preprocessing(tmp_path):
     )
     out = processed["path"].iloc[0]
     assert np.array_equal(read_model_input(out, 16, settings), read_model_input(out, 16))
+
+
+def test_read_model_input_crops_and_normalises_a_raw_image_as_the_run_did(tmp_path):
+    """A run trained on cropped, Reinhard-normalised images: a raw image from another lab, placed
+    off-centre, reaches the model cropped around its cell and normalised; no cell -> an error naming it."""
+    from test_cellcrop import BACKGROUND, smear
+
+    from wbc.evaluate import read_model_input
+    from wbc.preprocess import apply_preprocess_settings
+
+    settings = {"size": 48, "mode": "stretch", "colour": "reinhard", "crop_cell": True}
+    image = smear((300, 220), 30)  # off-centre, in a 400 x 300 field
+    raw = tmp_path / "other_lab.png"
+    cv2.imwrite(str(raw), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    pixels = read_model_input(raw, 24, settings)
+    expected = apply_preprocess_settings(image, settings)
+    cv2.imwrite(str(tmp_path / "expected.png"), cv2.cvtColor(expected, cv2.COLOR_RGB2BGR))
+    assert np.abs(pixels.astype(int) - read_model_input(tmp_path / "expected.png", 24)).max() <= 1
+    centre = pixels[8:16, 8:16].astype(int)
+    assert (centre[..., 2] - centre[..., 1]).mean() > 40  # the violet nucleus fills the middle of the input
+    assert not np.array_equal(pixels, read_model_input(raw, 24))  # without the settings: the whole field
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((100, 100, 3), BACKGROUND[::-1], np.uint8))
+    with pytest.raises(WbcError, match="blank.png: no white cell found"):
+        read_model_input(blank, 24, settings)

@@ -55,6 +55,9 @@ def test_train_config_check_refuses_unusable_settings():
     with pytest.raises(WbcError, match="unknown lr_schedule"):
         TrainConfig(lr_schedule="step").check()
     assert TrainConfig(model_options=(("dropout", 0.3),)).as_dict()["model_options"] == {"dropout": 0.3}
+    # stain_augment enters the settings (and so the run keys) only when on: older runs keep their keys
+    assert "stain_augment" not in TrainConfig().as_dict()
+    assert TrainConfig(stain_augment=True).as_dict()["stain_augment"] is True
 
 
 def test_a_few_steps_lower_the_loss(toy_split):
@@ -390,6 +393,32 @@ def test_train_model_records_the_precision_asked_for_and_used(toy_split, tmp_pat
     assert "dtype policy mixed_bfloat16 (precision=mixed_bfloat16)" in (run / "train.log").read_text()
     with pytest.raises(WbcError, match="unknown precision"):
         TrainConfig(precision="fp8").check()
+
+
+def test_stain_augment_jitters_the_training_batches_and_is_recorded(toy_split, tmp_path, monkeypatch):
+    from wbc import runtime
+    from wbc.train import TrainConfig, train_model
+
+    calls = []
+    original = runtime.lessons().StainJitter.call
+
+    def spy(self, images, training=False):
+        calls.append(training)
+        return original(self, images, training=training)
+
+    monkeypatch.setattr(runtime.lessons().StainJitter, "call", spy)
+    cfg = TrainConfig(model="cnn1", image_size=32, epochs=1, batch_size=8, stain_augment=True)
+    run = train_model(toy_split, tmp_path / "stain", cfg, verbose=0)
+    config = json.loads((run / "config.json").read_text())
+    assert config["stain_augment"] is True and config["settings"]["stain_augment"] is True
+    assert calls and all(calls)  # traced into the training pipeline, in training mode only
+    plain = train_model(toy_split, tmp_path / "plain", TrainConfig(model="cnn1", image_size=32, epochs=1), verbose=0)
+    assert json.loads((plain / "config.json").read_text())["stain_augment"] is False
+    from wbc.cli import build_parser
+
+    args = ["train", "--split-dir", "s", "--model", "cnn1", "--out", "o"]
+    assert build_parser().parse_args([*args, "--stain-augment"]).stain_augment is True
+    assert build_parser().parse_args(args).stain_augment is False
 
 
 @pytest.mark.slow

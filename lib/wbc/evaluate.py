@@ -272,8 +272,9 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def read_model_input(path: str | os.PathLike, image_size: int, preprocess: dict | None = None) -> np.ndarray:
     """One image file (any format ``wbc.images`` reads: TIFF too) as uint8 RGB at ``image_size``,
     resized as the training pipeline does (bilinear with antialiasing, rounded). ``preprocess`` (a
-    run's ``config["preprocess"]``) first gives a raw image the colour normalisation and resize mode
-    its training images had; an image a preprocess run wrote already has them."""
+    run's ``config["preprocess"]``) first gives a raw image the crop around the cell, the colour or
+    stain normalisation and the resize mode its training images had; an image a preprocess run wrote
+    already has them. A cropped run and an image without a cell: WbcError naming the file."""
     import tensorflow as tf
 
     from wbc.images import read_image
@@ -281,7 +282,7 @@ def read_model_input(path: str | os.PathLike, image_size: int, preprocess: dict 
 
     image = read_image(path)
     if preprocess and preprocess_settings(path) is None:
-        image = apply_preprocess_settings(image, preprocess)
+        image = apply_preprocess_settings(image, preprocess, str(path))
     image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
     return np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8)
 
