@@ -143,6 +143,36 @@ def test_a_changed_file_is_read_again(tmp_path, monkeypatch):
     assert all(Path(p).is_file() for p in second["path"])
 
 
+def test_downloaded_file_goes_straight_into_the_notebooks(loopback_server, tmp_path, monkeypatch):
+    """download bloodmnist (from a server on 127.0.0.1, MD5-checked) -> the course's official split."""
+    import functools
+    import hashlib
+    from dataclasses import replace
+    from http.server import SimpleHTTPRequestHandler
+    from types import SimpleNamespace
+
+    from wbc import download
+
+    served = tmp_path / "served"
+    write_fake_bloodmnist(served / "bloodmnist_64.npz", size=64, per_class=(2, 1, 1))
+    md5 = hashlib.md5((served / "bloodmnist_64.npz").read_bytes()).hexdigest()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    state = loopback_server(handler, SimpleNamespace())
+    monkeypatch.setitem(download.REGISTRY, "bloodmnist", replace(download.REGISTRY["bloodmnist"], md5={64: md5}))
+    monkeypatch.setattr(download, "BLOODMNIST_SPLITS", {"train": 16, "val": 8, "test": 8})
+    data_dir = tmp_path / "data"
+    result = download.download_dataset(
+        "bloodmnist", data_dir, size=64, url=state.url("/bloodmnist_64.npz"), progress=False
+    )
+    assert result.path == data_dir / "bloodmnist_64.npz" and result.report.complete
+    monkeypatch.setenv("WBC_OUTPUT_DIR", str(tmp_path / "out"))
+    ctx = course.setup_notebook("t", profile="ci", data_dir=data_dir, dataset="bloodmnist", verbose=False)
+    split_dir = course.ensure_splits(ctx, "bloodmnist")
+    sizes = {part: len(pd.read_csv(split_dir / f"{part}.csv")) for part in ("train", "val", "test")}
+    assert sizes == {"train": 16, "val": 8, "test": 8}
+
+
 def test_missing_file_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("WBC_OUTPUT_DIR", str(tmp_path / "out"))
     (tmp_path / "empty").mkdir()
