@@ -10,6 +10,9 @@ rebuild an earlier stage's output when it is missing or stale, or reuse it, and 
     ensure_splits(ctx, "wbc10")       -> <work_dir>/splits/wbc10/ (train/val/test.csv, audit.csv, classes.txt)
     ensure_run(ctx, name, cfg, split) -> <work_dir>/runs/<name>-<key>
 
+``"bloodmnist"`` (a ``bloodmnist[_SIZE].npz`` in the data folder) goes through the same stages:
+its arrays unpacked once into PNGs under ``<work_dir>/bloodmnist/``, MedMNIST's split kept.
+
 A stage output is reused while its recipe (``fileio.recipe_matches``: the settings and the
 digests of its inputs) is unchanged; a run while its key (settings, split files, training code)
 is. TensorFlow is imported inside functions only.
