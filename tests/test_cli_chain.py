@@ -23,8 +23,11 @@ from wbc.cli import main as wbc
 IMAGE_SIZE = 48
 
 
-def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) -> dict:
-    """Run every stage on ``data_dir`` (wbc10), checking what each one writes; returns paths."""
+def run_chain(
+    data_dir: Path, work: Path, capsys, predict_inputs: list[Path], preprocess_args=(), train_args=()
+) -> dict:
+    """Run every stage on ``data_dir`` (wbc10), checking what each one writes; returns paths.
+    ``preprocess_args`` and ``train_args`` are added to those stages' options."""
     manifest, processed, split_dir, run = work / "manifest.csv", work / "processed", work / "split", work / "run"
 
     assert wbc(["manifest", "wbc10", "--data-dir", str(data_dir), "--out", str(manifest)]) == 0
@@ -32,7 +35,11 @@ def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) ->
     n_listed = len(pd.read_csv(manifest))
 
     assert (
-        wbc(["preprocess", str(manifest), "--out", str(processed), "--size", "64", "--jobs", "1", "--no-progress"]) == 0
+        wbc(
+            ["preprocess", str(manifest), "--out", str(processed), "--size", "64", "--jobs", "1", "--no-progress"]
+            + list(preprocess_args)
+        )
+        == 0
     )
     kept = pd.read_csv(processed / "manifest.csv")
     quarantined = pd.read_csv(processed / "quarantine.csv")
@@ -61,6 +68,7 @@ def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) ->
                 "--batch-size",
                 "16",
                 "--quiet",
+                *train_args,
             ]
         )
         == 0
@@ -69,7 +77,11 @@ def run_chain(data_dir: Path, work: Path, capsys, predict_inputs: list[Path]) ->
         assert (run / name).is_file()
     assert len(pd.read_csv(run / "history.csv")) >= 1
     recorded = json.loads((run / "config.json").read_text())["preprocess"]  # predict repeats it
-    assert recorded["size"] == 64 and recorded["mode"] == "stretch" and recorded["colour"] is None
+    assert recorded["size"] == 64 and recorded["mode"] == "stretch"
+    assert recorded["colour"] == (
+        preprocess_args[preprocess_args.index("--colour") + 1] if "--colour" in preprocess_args else None
+    )
+    assert recorded["crop_cell"] == ("--crop-cell" in preprocess_args)
     capsys.readouterr()
 
     assert wbc(["evaluate", str(run), "--n-boot", "200"]) == 0
@@ -127,6 +139,41 @@ def test_chain_on_real_sample(real_sample, tmp_path, capsys):
     ]
     result = run_chain(real_sample, tmp_path, capsys, inputs)
     assert len(result["metrics"]["classes"]) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.realsample
+def test_chain_across_labs_on_real_sample(real_sample, tmp_path, capsys):
+    """Cropped around the cell, Reinhard-normalised, trained with stain augmentation; predict on
+    LMU TIFFs (raw, another lab) applies the run's crop and normalisation."""
+    inputs = [real_sample / "AML-Cytomorphology_LMU" / "MON"]
+    result = run_chain(
+        real_sample, tmp_path, capsys, inputs, ("--crop-cell", "--colour", "reinhard"), ("--stain-augment",)
+    )
+    assert json.loads((result["run"] / "config.json").read_text())["stain_augment"] is True
+    assert {"crop_x", "crop_y", "crop_size"} <= set(pd.read_csv(tmp_path / "processed" / "manifest.csv").columns)
+
+
+@pytest.mark.realsample
+@pytest.mark.parametrize("colour", ["reinhard", "macenko"])
+def test_crop_and_stain_normalisation_on_all_three_datasets(real_sample, tmp_path, colour):
+    """``preprocess --crop-cell --colour reinhard|macenko`` on part of each real-sample dataset: every
+    image written (with its crop box inside reach of the image) or quarantined for a stated reason."""
+    for dataset in ("pbc", "lmu", "all"):
+        manifest = tmp_path / f"{dataset}.csv"
+        assert wbc(["manifest", dataset, "--data-dir", str(real_sample), "--out", str(manifest)]) == 0
+        rows = pd.read_csv(manifest, keep_default_na=False)
+        rows.groupby("label").head(3).to_csv(manifest, index=False)
+        out = tmp_path / f"{dataset}_{colour}"
+        args = ["preprocess", str(manifest), "--out", str(out), "--size", "64", "--jobs", "1", "--no-progress"]
+        assert wbc([*args, "--crop-cell", "--colour", colour]) == 0
+        kept, quarantined = pd.read_csv(out / "manifest.csv"), pd.read_csv(out / "quarantine.csv")
+        assert len(kept) + len(quarantined) == len(pd.read_csv(manifest))
+        assert len(kept) >= 0.8 * len(pd.read_csv(manifest)), quarantined["reason"].tolist()
+        assert quarantined["reason"].str.match(r"no white cell found|macenko colour normalisation failed").all()
+        assert (kept["crop_size"] > 8).all() and (kept["crop_x"] < kept["width"]).all()
+        assert (kept["crop_x"] + kept["crop_size"] > 0).all() and (kept["crop_y"] < kept["height"]).all()
+        assert json.loads((out / "preprocess.json").read_text())["crop_cell"] is True
 
 
 def test_entry_point_help_and_errors(tmp_path):
