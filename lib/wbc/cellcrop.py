@@ -50,11 +50,11 @@ def nucleus_mask(rgb: np.ndarray) -> np.ndarray | None:
     if high - low < MIN_CONTRAST:
         return None
     scaled = ((score - low) * (255.0 / (high - low))).astype(np.uint8)
-    mask = (scaled > otsu_three(scaled)).astype(np.uint8)
+    above = (scaled > otsu_three(scaled)).astype(np.uint8)
     side = min(height, width)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    opened = cv2.morphologyEx(above, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     joined = cv2.morphologyEx(
-        mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, side // 25),) * 2)
+        opened, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, side // 25),) * 2)
     )
     count, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     if count < 2:
