@@ -267,18 +267,19 @@ def apply_preprocess_settings(img: np.ndarray, settings: dict | None, name: str 
 
 
 def _crop_and_colour(img: np.ndarray, crop_cell: bool, colour: str | None) -> tuple[np.ndarray, tuple | None]:
-    """Crop an RGB image around its white cell (when ``crop_cell``), then normalise its colour;
-    returns the image and the crop box. ValueError when no cell is found or Macenko fails."""
-    box = None
-    if crop_cell:
-        box = find_cell(img)
-        if box is None:
-            raise ValueError(NO_CELL)
-        img = crop_box(img, box, _border_colour(img))
+    """Normalise an RGB image's colour, then crop it around its white cell (when ``crop_cell``,
+    found in the raw image); returns the image and the crop box. The colour statistics come from
+    the whole field (background and red cells carry the stain and the light); taken from a crop
+    that the cell fills they would also erase the colours that tell cells apart. ValueError when
+    no cell is found or Macenko fails."""
+    box = find_cell(img) if crop_cell else None
+    if crop_cell and box is None:
+        raise ValueError(NO_CELL)
     try:
-        return normalise_colour(img, colour), box
+        img = normalise_colour(img, colour)
     except ValueError as exc:
         raise ValueError(f"{colour} colour normalisation failed: {exc}") from None
+    return (img if box is None else crop_box(img, box, _border_colour(img))), box
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
