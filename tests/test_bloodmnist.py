@@ -173,6 +173,20 @@ def test_downloaded_file_goes_straight_into_the_notebooks(loopback_server, tmp_p
     assert sizes == {"train": 16, "val": 8, "test": 8}
 
 
+def test_a_lesson_built_on_wbc10_says_so_and_runs_on_it(bm_dir, demo_root, tmp_path, monkeypatch, capsys):
+    """Notebooks 03, 04 and 13 (``about="wbc10"``) asked for bloodmnist: wbc10 from the folder's PBC/LMU."""
+    monkeypatch.setenv("WBC_OUTPUT_DIR", str(tmp_path / "out"))
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "bloodmnist_64.npz").symlink_to(bm_dir / "bloodmnist_64.npz")
+    (both / "PBC_dataset_normal_DIB").symlink_to(demo_root / "PBC_dataset_normal_DIB")
+    ctx = course.setup_notebook("t", profile="ci", data_dir=both, dataset="bloodmnist", about="wbc10")
+    assert ctx.dataset == "wbc10" and ctx.data_dir == both.resolve() and not ctx.is_demo
+    assert "lesson is built on 'wbc10'" in capsys.readouterr().out
+    plain = course.setup_notebook("t", profile="ci", data_dir=both, dataset="bloodmnist", verbose=False)
+    assert plain.dataset == "bloodmnist"  # without ``about`` the choice stands
+
+
 def test_missing_file_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("WBC_OUTPUT_DIR", str(tmp_path / "out"))
     (tmp_path / "empty").mkdir()
