@@ -257,3 +257,26 @@ def test_main_run_config_follows_the_profile_and_resolves_weights(ctx, monkeypat
     cfg = course.main_run_config(ctx, epochs=None, patience=3)
     assert (cfg.model, cfg.weights, cfg.epochs, cfg.patience) == ("resnet50", "none", ctx.profile.epochs, 3)
     assert cfg.fine_tune_epochs == ctx.profile.fine_tune_epochs and cfg.image_size == ctx.profile.image_size
+
+
+def test_readme_profile_table_matches_config():
+    """The README's profile table states what lib/wbc/config.py defines (image size, epochs)."""
+    import re
+    from pathlib import Path
+
+    from wbc.config import PROFILES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {
+        m[0]: m[1:]
+        for m in re.findall(r"^\| `(\w+)` \|[^|]*\|[^|]*\| (\d+)[^|]*\| (\d+) \+ (\d+)[^|]*\| (\d+)", readme, re.M)
+    }
+    assert set(rows) == set(PROFILES), f"README profile rows {sorted(rows)}"
+    for name, (size, epochs, fine, cnn) in rows.items():
+        prof = PROFILES[name]
+        assert (int(size), int(epochs), int(fine), int(cnn)) == (
+            prof.image_size,
+            prof.epochs,
+            prof.fine_tune_epochs,
+            prof.cnn_epochs,
+        ), f"README row {name!r} disagrees with config.PROFILES"
