@@ -7,7 +7,7 @@ The notebooks in notebooks/ are the instructor edition: every answer sits in a c
 carries nbgrader metadata (a *solution* cell), and every automatic check in a locked *grade*
 cell (docs/INSTRUCTORS.md, "Exercises and grading"). ``student`` runs ``nbgrader
 generate_assignment``, which replaces the code between ``### BEGIN SOLUTION`` and ``### END
-SOLUTION`` by ``raise NotImplementedError()`` and every written answer by "YOUR ANSWER HERE",
+SOLUTION`` by ``raise NotImplementedError()`` (grading/nbgrader_config.py) and every written answer by "YOUR ANSWER HERE",
 and copies the result to ``student/``. ``grade`` takes a folder with one sub-folder per student
 (``SUBMISSIONS/<student>/NN_*.ipynb``), runs ``nbgrader autograde`` (which executes each
 notebook with the locked check cells restored from the release) and writes one CSV row per
@@ -40,10 +40,11 @@ def course_notebooks() -> list[Path]:
 
 def _nbgrader(course: Path, *args: str) -> None:
     """Run one nbgrader command on the course folder ``course``; stop with its output on failure."""
-    cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}", f"--config={CONFIG}"]
+    cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course.resolve()}"]
     # nbgrader calls the `alembic` command of its own environment: put that on the PATH.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    # nbgrader reads nbgrader_config.py from the folder it runs in (it has no option naming the file).
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=CONFIG.parent)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
@@ -117,7 +118,7 @@ def _scores(course: Path, students: dict[str, list[Path]]) -> list[dict]:
     from nbgrader.api import Gradebook
 
     rows = []
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+    with Gradebook(f"sqlite:///{course.resolve() / 'gradebook.db'}") as gb:
         for student, notebooks in students.items():
             submission = gb.find_submission(ASSIGNMENT, student)
             for path in notebooks:

@@ -94,7 +94,9 @@ def test_student_edition_holds_no_solution(path, student_edition):
                 lines = [ln.strip() for ln in body.splitlines() if len(ln.strip()) > 12]
                 leaked = [ln for ln in lines if ln in theirs.source]
                 assert not leaked, f"{meta['grade_id']}: solution lines in the student edition: {leaked}"
-            assert "raise NotImplementedError()" in theirs.source
+            assert re.search(
+                r"# YOUR CODE HERE \(then run the check cell below\)\n\s*raise NotImplementedError\(\)", theirs.source
+            )
         elif meta.get("solution"):
             assert theirs.source.strip() == "YOUR ANSWER HERE", meta["grade_id"]
         else:
