@@ -280,3 +280,24 @@ def test_readme_profile_table_matches_config():
             prof.fine_tune_epochs,
             prof.cnn_epochs,
         ), f"README row {name!r} disagrees with config.PROFILES"
+
+
+def test_a_stain_augmented_run_is_keyed_on_the_stain_layer(ctx, monkeypatch):
+    """Editing StainJitter (notebook 13, `make lib`) must not reuse a stain-augmented run."""
+    from dataclasses import replace
+
+    from wbc.runtime import lessons
+
+    split_dir = course.ensure_splits(ctx, "all4")
+    plain = course.baseline_config(ctx, "cnn1", epochs=1, image_size=32)
+    jitter = replace(plain, stain_augment=True)
+    code = course.training_code("cnn1")
+    first = course.run_folder(ctx, "r", jitter, split_dir, code)
+    assert first != course.run_folder(ctx, "r", plain, split_dir, code)
+
+    class StainJitter(lessons().StainJitter):  # an edited layer
+        def call(self, images, training=None):
+            return images
+
+    monkeypatch.setattr(lessons(), "StainJitter", StainJitter)
+    assert course.run_folder(ctx, "r", jitter, split_dir, code) != first

@@ -627,6 +627,10 @@ def run_folder(ctx: Context, name: str, cfg, split_dir: Path, code: str) -> Path
     """``<work_dir>/runs/<name>-<key>``: the key changes with the settings, the split and the code."""
     from wbc import runs
 
+    if getattr(cfg, "stain_augment", False):  # the layer train_model adds: its code counts too
+        from wbc.runtime import lessons
+
+        code += runs.code_fingerprint(lessons().StainJitter)
     key = runs.run_key({"config": cfg.as_dict(), "split": runs.split_digests(split_dir)}, code)
     return ctx.work_dir / "runs" / f"{name}-{key}"
 
