@@ -125,10 +125,10 @@ grade: setup
 GRADING_TEST = outputs/grading/test
 test-grading: setup
 	rm -rf $(GRADING_TEST) && mkdir -p $(GRADING_TEST)/submissions/instructor
-	$(BIN)/python grading/editions.py --course $(GRADING_TEST)/course student --out $(GRADING_TEST)/submissions/untouched
+	$(BIN)/python grading/editions.py student --out $(GRADING_TEST)/submissions/untouched
 	cp notebooks/01_*.ipynb notebooks/07_*.ipynb $(GRADING_TEST)/submissions/instructor/
-	WBC_PROFILE=ci $(BIN)/python grading/editions.py --course $(GRADING_TEST)/course grade $(GRADING_TEST)/submissions \
-	  --out $(GRADING_TEST)/grades.csv
+	WBC_PROFILE=ci $(BIN)/python grading/editions.py grade $(GRADING_TEST)/submissions \
+	  --course $(GRADING_TEST)/course --out $(GRADING_TEST)/grades.csv
 	WBC_GRADES_CSV=$(GRADING_TEST)/grades.csv $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_grading.py::test_grades
 
 lock: setup

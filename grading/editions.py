@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -49,14 +50,14 @@ def _nbgrader(course: Path, *args: str) -> None:
         raise SystemExit(f"{' '.join(args)} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def release(course: Path, notebooks: list[Path] | None = None) -> Path:
+def release(course: Path) -> Path:
     """Copy the instructor notebooks (outputs cleared) to ``course``'s source folder and generate
     the student release; return the release folder."""
     source = course / "source" / ASSIGNMENT
     if source.exists():
         shutil.rmtree(source)
     source.mkdir(parents=True)
-    for path in notebooks or course_notebooks():
+    for path in course_notebooks():
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if cell.cell_type == "code":
@@ -66,14 +67,16 @@ def release(course: Path, notebooks: list[Path] | None = None) -> Path:
     return course / "release" / ASSIGNMENT
 
 
-def make_student(out: Path, course: Path) -> list[Path]:
-    """Write the student edition to ``out``; return the notebooks written."""
-    released = release(course)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in sorted(released.glob("*.ipynb")):
-        shutil.copyfile(path, out / path.name)
-        written.append(out / path.name)
+def make_student(out: Path) -> list[Path]:
+    """Write the student edition to ``out``; return the notebooks written. (It is generated in a
+    course folder of its own, so it never touches the gradebook of ``grade``.)"""
+    with tempfile.TemporaryDirectory() as course:
+        released = release(Path(course))
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for path in sorted(released.glob("*.ipynb")):
+            shutil.copyfile(path, out / path.name)
+            written.append(out / path.name)
     return written
 
 
@@ -94,8 +97,7 @@ def grade(submissions: Path, out_csv: Path, course: Path) -> list[dict]:
     students = {name: nbs for name, nbs in students.items() if nbs}
     if not students:
         raise SystemExit(f"{submissions}: no student folder holds a course notebook")
-    handed_in = sorted({p.name for nbs in students.values() for p in nbs})
-    release(course, [NOTEBOOKS / name for name in handed_in])
+    release(course)  # all notebooks, always: nbgrader refuses to drop one from an assignment with submissions
     for student, notebooks in students.items():
         target = course / "submitted" / student / ASSIGNMENT
         if target.exists():
@@ -146,11 +148,16 @@ def main(argv: list[str] | None = None) -> None:
     grading = sub.add_parser("grade", help="grade SUBMISSIONS/<student>/NN_*.ipynb into a CSV")
     grading.add_argument("submissions", type=Path)
     grading.add_argument("--out", type=Path, default=ROOT / "outputs" / "grading" / "grades.csv")
-    parser.add_argument("--course", type=Path, default=ROOT / "outputs" / "grading" / "course")
+    grading.add_argument(
+        "--course",
+        type=Path,
+        default=ROOT / "outputs" / "grading" / "course",
+        help="nbgrader course folder (gradebook)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("WBC_PROFILE", "ci")
     if args.command == "student":
-        written = make_student(args.out, args.course)
+        written = make_student(args.out)
         print(f"student edition: {len(written)} notebooks in {args.out}")
     else:
         rows = grade(args.submissions, args.out, args.course)

@@ -75,7 +75,7 @@ def test_exercise_format(path):
 @pytest.fixture(scope="module")
 def student_edition(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("student")
-    written = editions.make_student(out, tmp_path_factory.mktemp("course"))
+    written = editions.make_student(out)
     assert sorted(p.name for p in written) == [p.name for p in NOTEBOOKS]
     return out
 
