@@ -71,6 +71,7 @@ def test_opening_cell(path):
     assert first["cell_type"] == "markdown" and text.startswith("# ")
     for heading in ("What you will learn", "Prerequisites", "Run time"):
         assert heading in text, f"{path.name}: first cell lacks {heading!r}"
+    assert "](../docs/GLOSSARY.md)" in text, f"{path.name}: first cell does not link the glossary"
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
