@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -44,53 +45,6 @@ def generalisation_gap(history: pd.DataFrame) -> pd.DataFrame:
 # Predictions and the comparison with the published studies
 # --------------------------------------------------------------------------------------------
 
-# The two reference studies' own test results (Study A: Table and text of the paper; Study B: Tabla 1).
-PUBLISHED = [
-    {
-        "study": "Study A",
-        "task": "wbc10",
-        "model": "ResNet50 (ImageNet) + dense head",
-        "accuracy": 0.9027,
-        "macro_f1": 0.88,
-        "data": "PBC + LMU, 12,450 images (test 997)",
-        "image_size": 128,
-        "epochs": 10,
-        "framework": "Keras / TensorFlow",
-    },
-    {
-        "study": "Study B",
-        "task": "all4",
-        "model": "CNN1",
-        "accuracy": 0.7798,
-        "macro_f1": 0.7527,
-        "data": "ALL Kaggle, 3,256 images",
-        "image_size": 224,
-        "epochs": 100,
-        "framework": "PyTorch",
-    },
-    {
-        "study": "Study B",
-        "task": "all4",
-        "model": "CNN2",
-        "accuracy": 0.8318,
-        "macro_f1": 0.7982,
-        "data": "ALL Kaggle, 3,256 images",
-        "image_size": 224,
-        "epochs": 100,
-        "framework": "PyTorch",
-    },
-    {
-        "study": "Study B",
-        "task": "all4",
-        "model": "ResNet18 (ImageNet), fine-tuned",
-        "accuracy": 0.9969,
-        "macro_f1": 0.9962,
-        "data": "ALL Kaggle, 3,256 images",
-        "image_size": 224,
-        "epochs": 100,
-        "framework": "PyTorch",
-    },
-]
 COMPARISON_COLUMNS = [
     "kind",
     "study",
@@ -108,8 +62,9 @@ COMPARISON_COLUMNS = [
 
 
 def published_results(study: str | None = None) -> pd.DataFrame:
-    """The studies' published test results (``study``: "Study A", "Study B" or None for both)."""
-    table = pd.DataFrame(PUBLISHED).assign(kind="published")
+    """The studies' published test results (``study``: "Study A", "Study B" or None for both), from
+    ``resources/published_results.csv`` (Study A: table and text of the paper; Study B: Tabla 1)."""
+    table = pd.read_csv(resources.files("wbc").joinpath("resources/published_results.csv")).assign(kind="published")
     return table[table["study"] == study] if study else table
 
 
