@@ -71,7 +71,9 @@ def test_macenko_refuses_an_unstained_image_and_preprocess_quarantines_it(tmp_pa
     for name, img in (("good.png", good), ("white.png", white)):
         cv2.imwrite(str(tmp_path / name), img)
     manifest = pd.DataFrame({"path": [str(tmp_path / n) for n in ("good.png", "white.png")], "label": ["a", "a"]})
-    processed, quarantine = preprocess_manifest(manifest, tmp_path / "out", 32, colour="macenko", jobs=1, progress=False)
+    processed, quarantine = preprocess_manifest(
+        manifest, tmp_path / "out", 32, colour="macenko", jobs=1, progress=False
+    )
     assert len(processed) == 1 and quarantine["reason"].tolist() == [
         "macenko colour normalisation failed: fewer than 100 stained pixels"
     ]
