@@ -481,3 +481,33 @@ def test_cli_bad_arguments(tmp_path, capsys):
         main(["train", "--split-dir", str(tmp_path), "--model", "lenet", "--out", str(tmp_path / "run")])
     assert info.value.code == 2
     assert "invalid choice: 'lenet'" in capsys.readouterr().err
+
+
+def test_the_shared_retracing_warning_is_dropped_during_training_only():
+    """TensorFlow's retracing warning about Keras's shared train step is dropped inside train_model's
+    fit; a user's own tf.function keeps it, and so does code outside the block."""
+    import logging
+
+    from wbc.train import _no_shared_retracing_warning
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    tf_log, handler = logging.getLogger("tensorflow"), Keep()
+    tf_log.addHandler(handler)
+    shared = (
+        "5 out of the last 15 calls to <function TensorFlowTrainer._make_function.<locals>.multi_step_on_iterator "
+        "at 0x1> triggered tf.function retracing."
+    )
+    own = "5 out of the last 15 calls to <function my_step at 0x2> triggered tf.function retracing."
+    try:
+        with _no_shared_retracing_warning():
+            tf_log.warning(shared)
+            tf_log.warning(own)
+        tf_log.warning(shared)
+    finally:
+        tf_log.removeHandler(handler)
+    assert seen == [own, shared]

@@ -7,6 +7,7 @@ ModelCheckpoint, CSVLogger; phase 2 for resnet50), then write the run folder (``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -155,6 +156,27 @@ def _class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(present, weights)} | {c: 1.0 for c in range(n_classes) if c not in present}
 
 
+class _SharedRetracing(logging.Filter):
+    """TensorFlow's "N out of the last M calls ... triggered tf.function retracing" counts calls per
+    function *code*, which every Keras model's train step shares: a few short trainings in one
+    process (notebook 13, a study grid) trip it although each model traces its step only once per
+    input shape. Dropped during ``fit`` here; a student's own ``tf.function`` still gets it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "TensorFlowTrainer" in message)
+
+
+@contextlib.contextmanager
+def _no_shared_retracing_warning():
+    logger, dropping = logging.getLogger("tensorflow"), _SharedRetracing()
+    logger.addFilter(dropping)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropping)
+
+
 def train_model(
     split_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *, overwrite: bool = False, verbose: int = 1
 ) -> Path:
@@ -250,7 +272,7 @@ def _train(
         lr = _learning_rate(cfg.lr, cfg.lr_schedule, cfg.epochs * steps, cfg.warmup_epochs * steps)
         t_fit = time.perf_counter()
         try:
-            with strategy.scope():  # compile creates the optimizer's variables: mirrored too
+            with strategy.scope(), _no_shared_retracing_warning():  # compile creates the optimizer's variables
                 histories = lessons.fit_two_phase(
                     model,
                     train_ds,
